@@ -198,6 +198,8 @@ def _message(err: Any, where: str) -> str:
         return lead + msg.removeprefix("Value error, ")
     if kind == "model_type" or kind == "dict_type":
         return f"{lead}expected a mapping, got {_shown(got)}"
+    if kind == "too_short":
+        return f"{lead}needs at least {ctx.get('min_length', 1)} entry, found none"
     if kind == "list_type":
         return f"{lead}expected a list, got {_shown(got)}"
     return f"{lead}{msg[0].lower()}{msg[1:]} (got {_shown(got)})"

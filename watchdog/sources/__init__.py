@@ -1,0 +1,6 @@
+"""Measurement sources, one module per `source:` kind, behind one small protocol."""
+
+from watchdog.sources import http, prometheus
+from watchdog.sources.base import Source, Target, create, create_all, kinds, register
+
+__all__ = ["Source", "Target", "create", "create_all", "http", "kinds", "prometheus", "register"]

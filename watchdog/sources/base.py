@@ -1,0 +1,95 @@
+"""The contract every measurement source implements, and the registry from `source:` to class.
+
+Like Flagger's metric providers: a source only fetches one value for one rule and one colour.
+It never judges (that is `rules.py`) and never raises for a failure of what it measures: an
+unreachable Prometheus is a `Measurement` with `error`, not an exception in the tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from watchdog.config import DaemonConfig, SiteConfig
+from watchdog.durations import format_duration
+from watchdog.measurement import Measurement
+
+
+@dataclass(frozen=True)
+class Target:
+    """The colour a rule is measured for, with everything its templates may name."""
+
+    site: str
+    color: str
+    server: str
+    backend: str
+    url: str
+    interval: float
+    container: str | None = None
+    log_file: Path | None = None
+
+    def variables(self) -> dict[str, str]:
+        return {
+            "site": self.site,
+            "color": self.color,
+            "server": self.server,
+            "backend": self.backend,
+            "url": self.url,
+            "container": self.container or "",
+            "interval": format_duration(self.interval),
+        }
+
+    @classmethod
+    def of(cls, name: str, site: SiteConfig, color: str) -> Target:
+        spec = site.colors[color]
+        return cls(
+            site=name,
+            color=color,
+            server=spec.server,
+            backend=site.backend,
+            url=spec.url,
+            interval=site.rollout.interval,
+            container=spec.container,
+            log_file=spec.log_file,
+        )
+
+
+class Source(Protocol):
+    kind: str
+
+    async def measure(self, rule: Any, target: Target) -> Measurement:
+        """One measurement of `rule` for `target`; never raises for the measured system's faults."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+SourceFactory = Callable[[DaemonConfig], Source]
+_REGISTRY: dict[str, SourceFactory] = {}
+
+
+def register(kind: str) -> Callable[[SourceFactory], SourceFactory]:
+    def add(factory: SourceFactory) -> SourceFactory:
+        _REGISTRY[kind] = factory
+        return factory
+
+    return add
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def create(kind: str, config: DaemonConfig) -> Source:
+    try:
+        factory = _REGISTRY[kind]
+    except KeyError:
+        raise ValueError(f"no source of kind {kind!r} (known: {', '.join(kinds())})") from None
+    return factory(config)
+
+
+def create_all(config: DaemonConfig) -> dict[str, Source]:
+    """One instance of every registered source kind, sharing nothing."""
+    return {kind: create(kind, config) for kind in kinds()}

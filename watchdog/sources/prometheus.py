@@ -1,0 +1,134 @@
+"""`source: prometheus`: an instant query through prometheus-api-client.
+
+The client is synchronous, so each query runs in a small thread pool of its own (a slow
+Prometheus must not starve other sources of threads) with the configured timeout, both on the
+HTTP request and around the thread. Rules with the same rendered query in one tick share one
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from watchdog.config import DaemonConfig, PrometheusRule, render
+from watchdog.measurement import Measurement
+from watchdog.sources.base import Target, register
+
+# requests' default connection pool keeps 10 connections per host; stay within it.
+WORKERS = 8
+
+
+class PrometheusSource:
+    kind = "prometheus"
+
+    def __init__(self, url: str, timeout: float, workers: int = WORKERS) -> None:
+        self.url = url
+        self.timeout = timeout
+        # No retries: a tick that cannot reach Prometheus reports `error` now, and the next
+        # tick asks again. Retrying inside a tick would only delay a rollback.
+        self._client = PrometheusConnect(url=url, retry=Retry(total=0), timeout=timeout)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
+        self._inflight: dict[str, asyncio.Future[Measurement]] = {}
+
+    async def measure(self, rule: Any, target: Target) -> Measurement:
+        assert isinstance(rule, PrometheusRule)
+        query = render(rule.query, target.variables())
+        shared = self._inflight.get(query)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        future: asyncio.Future[Measurement] = asyncio.get_running_loop().create_future()
+        self._inflight[query] = future
+        try:
+            result = await self.query(query)
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[query]
+            if not future.done():
+                future.cancel()
+
+    async def query(self, query: str) -> Measurement:
+        started = time.time()
+        loop = asyncio.get_running_loop()
+        try:
+            data = await asyncio.wait_for(
+                loop.run_in_executor(self._pool, self._client.custom_query, query),
+                timeout=self.timeout + 1.0,
+            )
+        except TimeoutError:
+            return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
+                                      started, time.time())
+        except requests.Timeout:
+            return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
+                                      started, time.time())
+        except requests.ConnectionError as exc:
+            return Measurement.failed(f"prometheus {self.url}: unreachable ({_reason(exc)})",
+                                      started, time.time())
+        except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
+            return Measurement.failed(f"prometheus {self.url}: {_reason(exc)}",
+                                      started, time.time())
+        return interpret(data, started, time.time())
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+
+def interpret(data: Any, started: float = 0.0, finished: float = 0.0) -> Measurement:
+    """One value from an instant-query result: vector, scalar or string."""
+    if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
+        return _number(data[1], "scalar", started, finished)  # resultType scalar: [ts, "v"]
+    if not isinstance(data, list):
+        return Measurement.failed(f"unexpected answer from Prometheus: {data!r:.80}",
+                                  started, finished)
+    if not data:
+        return Measurement.no_data("empty result", started, finished)
+    if len(data) > 1:
+        shown = "; ".join(_labels(item.get("metric", {})) for item in data[:3])
+        more = f" and {len(data) - 3} more" if len(data) > 3 else ""
+        return Measurement.failed(
+            f"query returned {len(data)} series, expected one: {shown}{more} "
+            "(aggregate with sum() or filter by labels)", started, finished)
+    item = data[0]
+    if "values" in item:
+        return Measurement.failed("query returned a range vector; use an instant vector",
+                                  started, finished)
+    return _number(item.get("value", [None, None])[1], _labels(item.get("metric", {})),
+                   started, finished)
+
+
+def _number(raw: Any, series: str, started: float, finished: float) -> Measurement:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return Measurement.failed(f"not a number: {raw!r:.40}", started, finished)
+    if math.isnan(value):
+        return Measurement.no_data(f"NaN from {series}", started, finished)
+    return Measurement(value, None, f"{value:g} from {series}", started, finished)
+
+
+def _labels(metric: dict[str, str]) -> str:
+    if not metric:
+        return "{}"
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@register("prometheus")
+def _factory(config: DaemonConfig) -> PrometheusSource:
+    return PrometheusSource(config.prometheus.url, config.prometheus.timeout)
