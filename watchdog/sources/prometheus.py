@@ -34,7 +34,13 @@ class PrometheusSource:
         self.timeout = timeout
         # No retries: a tick that cannot reach Prometheus reports `error` now, and the next
         # tick asks again. Retrying inside a tick would only delay a rollback.
-        self._client = PrometheusConnect(url=url, retry=Retry(total=0), timeout=timeout)
+        session = requests.Session()
+        # No proxy, netrc or CA-bundle lookups from the environment on every query: they cost
+        # more CPU than the query itself (and the daemon talks to a configured URL only).
+        session.trust_env = False
+        self._client = PrometheusConnect(
+            url=url, retry=Retry(total=0), timeout=timeout, session=session
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._inflight: dict[str, asyncio.Future[Measurement]] = {}
 
@@ -70,7 +76,11 @@ class PrometheusSource:
             return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
                                       started, time.time())
         except requests.ConnectionError as exc:
-            return Measurement.failed(f"prometheus {self.url}: unreachable ({_reason(exc)})",
+            reason = _reason(exc)
+            if reason == "timed out":  # urllib3 reports a read timeout after 0 retries so
+                return Measurement.failed(
+                    f"prometheus {self.url}: no answer in {self.timeout:g}s", started, time.time())
+            return Measurement.failed(f"prometheus {self.url}: unreachable ({reason})",
                                       started, time.time())
         except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
             return Measurement.failed(f"prometheus {self.url}: {_reason(exc)}",

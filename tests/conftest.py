@@ -1,0 +1,60 @@
+"""Fixtures that start the lab's real programs on loopback and stop them by pid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from watchdog.lab.procs import free_port
+from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
+
+
+@dataclass
+class Exporter:
+    """A prometheus_client HTTP server in this process whose gauge the test sets."""
+
+    port: int
+    registry: CollectorRegistry
+    gauge: Gauge
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def exporter() -> Iterator[Exporter]:
+    registry = CollectorRegistry()
+    gauge = Gauge("lab_error_ratio", "Share of failed requests, set by the test",
+                  ["site", "color"], registry=registry)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield Exporter(port, registry, gauge)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, exporter: Exporter) -> Iterator[PrometheusLab]:
+    """Prometheus 2.42 scraping the test exporter every second."""
+    lab = PrometheusLab(
+        tmp_path_factory.mktemp("prometheus"),
+        scrape_interval="1s",
+        jobs=[ScrapeJob("exporter", [exporter.target])],
+    )
+    lab.start()
+    try:
+        lab.wait_scraped("exporter")
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Path:
+    return tmp_path
