@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchdog.config import PrometheusRule  # noqa: E402
-from watchdog.lab.procs import free_port  # noqa: E402
-from watchdog.lab.prometheus import PrometheusLab, ScrapeJob  # noqa: E402
-from watchdog.rules import RuleStatus, State, evaluate  # noqa: E402
-from watchdog.sources.base import Target  # noqa: E402
-from watchdog.sources.prometheus import PrometheusSource  # noqa: E402
+from watchdog.config import PrometheusRule
+from watchdog.lab.procs import free_port
+from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
+from watchdog.rules import RuleStatus, State, evaluate
+from watchdog.sources.base import Target
+from watchdog.sources.prometheus import PrometheusSource
 
 TARGET = Target(site="odoo", color="green", server="odoo-green", backend="odoo",
                 url="http://127.0.0.1:9069", interval=10.0)
@@ -58,13 +58,16 @@ def make_rules(count: int) -> list[PrometheusRule]:
     ]
 
 
-async def ticks(url: str, rules: list[PrometheusRule], count: int, prom_pid: int) -> list[dict[str, float]]:
+async def ticks(
+    url: str, rules: list[PrometheusRule], count: int, prom_pid: int
+) -> list[dict[str, float]]:
     source = PrometheusSource(url, timeout=5)
     statuses = {r.name: RuleStatus() for r in rules}
     out = []
     try:
         for _ in range(count):
-            wall0, cpu0, prom0 = time.perf_counter(), time.process_time(), proc_cpu_seconds(prom_pid)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            prom0 = proc_cpu_seconds(prom_pid)
             measurements = await asyncio.gather(*(source.measure(r, TARGET) for r in rules))
             now = time.monotonic()
             for rule, m in zip(rules, measurements, strict=True):
@@ -102,7 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=5)
-    parser.add_argument("--interval", type=float, default=10.0, help="tick interval to cost against")
+    parser.add_argument("--interval", type=float, default=10.0,
+                        help="tick interval to cost against")
     args = parser.parse_args()
 
     registry = CollectorRegistry()

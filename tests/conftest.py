@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from watchdog.lab.procs import free_port
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
+from watchdog.lab.standin import StandinProcess, clear_faults
 
 
 @dataclass
@@ -40,7 +41,9 @@ def exporter() -> Iterator[Exporter]:
 
 
 @pytest.fixture(scope="session")
-def prometheus(tmp_path_factory: pytest.TempPathFactory, exporter: Exporter) -> Iterator[PrometheusLab]:
+def prometheus(
+    tmp_path_factory: pytest.TempPathFactory, exporter: Exporter
+) -> Iterator[PrometheusLab]:
     """Prometheus 2.42 scraping the test exporter every second."""
     lab = PrometheusLab(
         tmp_path_factory.mktemp("prometheus"),
@@ -58,3 +61,19 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, exporter: Exporter) -> 
 @pytest.fixture
 def lab_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
+    """One Odoo stand-in process (green, 17.0) for the session; faults cleared per test."""
+    proc = StandinProcess("green", tmp_path_factory.mktemp("standin"), version="17.0")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def green(standin: StandinProcess) -> Iterator[StandinProcess]:
+    clear_faults(standin.url)
+    yield standin
+    clear_faults(standin.url)

@@ -128,7 +128,7 @@ def test_shipped_rules_load_with_their_types_and_defaults() -> None:
     site = loaded.config.sites["odoo"]
     assert site.rollout.interval == 30
     assert site.rollout.keep_previous == 48 * 3600
-    assert loaded.origins["health"].line == 38
+    assert loaded.origins["health"].line == 40
 
 
 def test_defaults_of_a_minimal_config(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ Step = Annotated[
 ]
 
 SmokeCheck = Literal["health", "login"]
+_DEFAULT_SMOKE: tuple[SmokeCheck, ...] = ("health", "login")
 
 
 def _default_steps() -> list[WeightStep | Literal["pause"]]:
@@ -246,7 +248,7 @@ class RolloutConfig(_Strict):
     interval: Duration = Field(30.0, ge=0.1)
     bake: Duration = 900.0
     keep_previous: Duration = 172800.0
-    smoke: list[SmokeCheck] = Field(default_factory=lambda: ["health", "login"])
+    smoke: list[SmokeCheck] = Field(default_factory=lambda: list(_DEFAULT_SMOKE))
 
     @field_validator("steps")
     @classmethod
@@ -254,7 +256,7 @@ class RolloutConfig(_Strict):
         weights = [s.weight for s in steps if isinstance(s, WeightStep)]
         if not weights:
             raise ValueError("needs at least one weight step, and the last must be weight 100")
-        for before, after in zip(weights, weights[1:], strict=False):
+        for before, after in itertools.pairwise(weights):
             if after <= before:
                 raise ValueError(f"weights must rise step by step ({before} then {after})")
         if weights[-1] != 100:
@@ -506,7 +508,8 @@ def load(config_path: Path) -> LoadedConfig:
         problems.extend(exc.problems)
         raw = config_doc.data.get("rule_files") if isinstance(config_doc.data, dict) else None
         ok = isinstance(raw, list) and all(isinstance(p, str) for p in raw)
-        patterns = list(raw) if ok else []  # still check the rule files we can find
+        # still check the rule files we can find
+        patterns = [str(p) for p in raw] if ok and isinstance(raw, list) else []
     warnings: list[str] = []
     rules: list[Any] = []
     origins: dict[str, RuleOrigin] = {}

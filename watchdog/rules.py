@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from watchdog.measurement import Measurement
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What one measurement means for one rule (the `result` label of the metrics)."""
 
     OK = "ok"

@@ -40,7 +40,9 @@ _RPC_FRAMES: tuple[tuple[str, int, str, str], ...] = (
 )
 
 
-def format_traceback(exc_line: str, frames: Sequence[tuple[str, int, str, str]] = _RPC_FRAMES) -> str:
+def format_traceback(
+    exc_line: str, frames: Sequence[tuple[str, int, str, str]] = _RPC_FRAMES
+) -> str:
     """A Python-style traceback text ending in `exc_line` (no trailing newline)."""
     lines = ["Traceback (most recent call last):"]
     for path, lineno, func, source in frames:
@@ -174,9 +176,22 @@ PARTNER_FIELDS: dict[str, Any] = {
 }
 _READONLY = {"id", "display_name", "create_date", "write_date"}
 _OPERATORS = {
-    "=", "!=", "<>", "<", ">", "<=", ">=", "in", "not in",
-    "like", "ilike", "not like", "not ilike", "=like", "=ilike",
-}  # fmt: skip
+    "=",
+    "!=",
+    "<>",
+    "<",
+    ">",
+    "<=",
+    ">=",
+    "in",
+    "not in",
+    "like",
+    "ilike",
+    "not like",
+    "not ilike",
+    "=like",
+    "=ilike",
+}
 Record = dict[str, Any]
 Predicate = Callable[[Record], bool]
 
@@ -240,7 +255,9 @@ def compile_domain(domain: Any) -> tuple[Predicate, bool]:
     def parse(pos: int) -> tuple[Predicate, int]:
         nonlocal mentions_active
         if pos >= len(items):
-            raise ServerError("builtins.ValueError", f"Domain {domain!r} is syntactically not correct.")
+            raise ServerError(
+                "builtins.ValueError", f"Domain {domain!r} is syntactically not correct."
+            )
         item = items[pos]
         if item in ("&", "|"):
             left, pos = parse(pos + 1)
@@ -284,17 +301,26 @@ def _sort(records: list[Record], order: str | None) -> list[Record]:
             continue
         field = words[0]
         if field != "id" and field not in PARTNER_FIELDS:
-            raise ServerError("builtins.ValueError", f"Invalid field {field!r} on model 'res.partner'")
+            raise ServerError(
+                "builtins.ValueError", f"Invalid field {field!r} on model 'res.partner'"
+            )
         desc = len(words) > 1 and words[1].lower() == "desc"
         keys.append((field, desc))
     result = list(records)
     for field, desc in reversed(keys):
         # NULL (False) sorts last ascending and first descending, as in PostgreSQL.
-        result.sort(
-            key=lambda r, f=field: (r.get(f) in (None, False), str(r.get(f)) if f != "id" else r[f]),
-            reverse=desc,
-        )
+        result.sort(key=_sort_key(field), reverse=desc)
     return result
+
+
+def _sort_key(field: str) -> Callable[[Record], tuple[bool, Any]]:
+    def key(rec: Record) -> tuple[bool, Any]:
+        value = rec.get(field)
+        if field == "id":
+            return (False, value)
+        return (value in (None, False), "" if value in (None, False) else str(value))
+
+    return key
 
 
 def _ids(value: Any) -> list[int]:
@@ -316,9 +342,13 @@ def _bind(
     bound = dict(zip(params, args, strict=False))
     for key, value in kwargs.items():
         if key not in params:
-            raise ServerError("builtins.TypeError", f"{name}() got an unexpected keyword argument '{key}'")
+            raise ServerError(
+                "builtins.TypeError", f"{name}() got an unexpected keyword argument '{key}'"
+            )
         if key in bound:
-            raise ServerError("builtins.TypeError", f"{name}() got multiple values for argument '{key}'")
+            raise ServerError(
+                "builtins.TypeError", f"{name}() got multiple values for argument '{key}'"
+            )
         bound[key] = value
     missing = [p for p in params[:required] if p not in bound]
     if missing:
@@ -370,7 +400,9 @@ class PartnerStore:
             fields = [fields]
         for name in fields:
             if name != "id" and name not in PARTNER_FIELDS:
-                raise ServerError("builtins.ValueError", f"Invalid field {name!r} on model 'res.partner'")
+                raise ServerError(
+                    "builtins.ValueError", f"Invalid field {name!r} on model 'res.partner'"
+                )
         return list(dict.fromkeys(["id", *fields]))
 
     def create_one(self, vals: Any, warn: Callable[[str], None]) -> int:
@@ -398,20 +430,24 @@ class PartnerStore:
     def search(self, domain: Any, context: dict[str, Any]) -> list[Record]:
         pred, mentions_active = compile_domain(domain)
         active_test = bool(context.get("active_test", True)) and not mentions_active
-        return [
-            r for r in self.records.values() if pred(r) and (not active_test or r["active"])
-        ]
+        return [r for r in self.records.values() if pred(r) and (not active_test or r["active"])]
 
     def call(
-        self, method: str, args: list[Any], kwargs: dict[str, Any], uid: int,
+        self,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        uid: int,
         warn: Callable[[str], None],
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         kwargs = dict(kwargs)
         context = kwargs.pop("context", None) or {}
         if not isinstance(context, dict):
             raise ServerError("builtins.TypeError", "context must be a dictionary")
         if method.startswith("_"):
-            raise AccessError(f"Private methods (such as res.partner.{method}) cannot be called remotely.")
+            raise AccessError(
+                f"Private methods (such as res.partner.{method}) cannot be called remotely."
+            )
         if method == "create":
             b = _bind("create", ["vals_list"], 1, args, kwargs)
             if isinstance(b["vals_list"], list):
@@ -464,7 +500,8 @@ class PartnerStore:
                 self.records.pop(pid, None)
             return True
         raise ServerError(
-            "builtins.AttributeError", f"The method '{method}' does not exist on the model 'res.partner'"
+            "builtins.AttributeError",
+            f"The method '{method}' does not exist on the model 'res.partner'",
         )
 
 
@@ -487,7 +524,7 @@ class OdooBackend:
         self.db_down = False
         self.partners = PartnerStore()
 
-    def _connect(self, db: str) -> None:
+    def connect(self, db: str) -> None:
         """What opening a cursor on `db` does: fail when PostgreSQL is down or db unknown."""
         if self.db_down:
             self.log("INFO", "odoo.sql_db", "Connection to the database failed")
@@ -501,13 +538,19 @@ class OdooBackend:
 
     def authenticate(self, db: Any, login: Any, password: Any, remote: str) -> int:
         """res.users.authenticate: the uid, or AccessDenied (after logging like Odoo)."""
-        self._connect(str(db))
+        self.connect(str(db))
         if login == self.login and password == self.password:
-            self.log("INFO", "odoo.addons.base.models.res_users",
-                     f"Login successful for db:{db} login:{login} from {remote}")  # fmt: skip
+            self.log(
+                "INFO",
+                "odoo.addons.base.models.res_users",
+                f"Login successful for db:{db} login:{login} from {remote}",
+            )
             return ADMIN_UID
-        self.log("INFO", "odoo.addons.base.models.res_users",
-                 f"Login failed for db:{db} login:{login} from {remote}")  # fmt: skip
+        self.log(
+            "INFO",
+            "odoo.addons.base.models.res_users",
+            f"Login failed for db:{db} login:{login} from {remote}",
+        )
         raise AccessDenied()
 
     def check(self, db: Any, uid: Any, password: Any) -> int:
@@ -516,7 +559,7 @@ class OdooBackend:
             uid_int = int(uid)
         except (TypeError, ValueError) as exc:
             raise ServerError("builtins.ValueError", f"invalid literal for int(): {uid!r}") from exc
-        self._connect(str(db))
+        self.connect(str(db))
         if uid_int != ADMIN_UID or password != self.password or not password:
             raise AccessDenied()
         return uid_int
@@ -539,7 +582,9 @@ class OdooBackend:
             info = "See http://openerp.com"
             return [info, self.version] if b.get("extended") else info
         if method in ("login", "authenticate"):
-            names = ["db", "login", "password"] + (["user_agent_env"] if method == "authenticate" else [])
+            names = ["db", "login", "password"] + (
+                ["user_agent_env"] if method == "authenticate" else []
+            )
             b = _bind(f"exp_{method}", names, len(names), params, {})
             try:
                 return self.authenticate(b["db"], b["login"], b["password"], remote)
@@ -573,7 +618,9 @@ class OdooBackend:
         else:
             raise ServerError("builtins.NameError", f"Method not available {method}")
         if not isinstance(args, list) or not isinstance(kw, dict):
-            raise ServerError("builtins.TypeError", "execute_kw() expects a list of args and a dict")
+            raise ServerError(
+                "builtins.TypeError", "execute_kw() expects a list of args and a dict"
+            )
         model, name = b["obj"], b["method"]
         if not isinstance(name, str):
             raise ServerError("builtins.TypeError", f"method name must be a string, not {name!r}")

@@ -1,6 +1,24 @@
 """Measurement sources, one module per `source:` kind, behind one small protocol."""
 
 from watchdog.sources import http, prometheus
-from watchdog.sources.base import Source, Target, create, create_all, kinds, register
+from watchdog.sources.base import (
+    Source,
+    Target,
+    create,
+    create_all,
+    kinds,
+    measure_all,
+    register,
+)
 
-__all__ = ["Source", "Target", "create", "create_all", "http", "kinds", "prometheus", "register"]
+__all__ = [
+    "Source",
+    "Target",
+    "create",
+    "create_all",
+    "http",
+    "kinds",
+    "measure_all",
+    "prometheus",
+    "register",
+]

@@ -7,6 +7,8 @@ unreachable Prometheus is a `Measurement` with `error`, not an exception in the 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +95,25 @@ def create(kind: str, config: DaemonConfig) -> Source:
 def create_all(config: DaemonConfig) -> dict[str, Source]:
     """One instance of every registered source kind, sharing nothing."""
     return {kind: create(kind, config) for kind in kinds()}
+
+
+async def measure_all(
+    sources: dict[str, Source], rules: list[Any], target: Target, deadline: float = 30.0
+) -> list[Measurement]:
+    """Every rule for one colour, concurrently; a source that overruns `deadline` is an error.
+
+    Each source applies its own timeout; `deadline` is the backstop that keeps one stuck
+    source from holding up the tick.
+    """
+    async def one(rule: Any) -> Measurement:
+        source = sources.get(rule.source)
+        if source is None:
+            return Measurement.failed(f"no source {rule.source!r} is running")
+        started = time.time()
+        try:
+            return await asyncio.wait_for(source.measure(rule, target), timeout=deadline)
+        except TimeoutError:
+            return Measurement.failed(f"{rule.source} source gave no answer in {deadline:g}s",
+                                      started, time.time())
+
+    return list(await asyncio.gather(*(one(rule) for rule in rules)))

@@ -7,7 +7,6 @@ Redirects are not followed; `/web/health` answering 303 to a login page is not h
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
