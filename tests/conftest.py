@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from watchdog.lab.haproxy import HaproxyLab
 from watchdog.lab.procs import free_port
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess, clear_faults
@@ -77,3 +78,26 @@ def green(standin: StandinProcess) -> Iterator[StandinProcess]:
     clear_faults(standin.url)
     yield standin
     clear_faults(standin.url)
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StandinProcess, ...]]:
+    """Blue (16.0) and green (17.0) stand-ins behind the lab's proxies."""
+    workdir = tmp_path_factory.mktemp("standins")
+    blue = StandinProcess("blue", workdir, version="16.0").start()
+    green = StandinProcess("green", workdir, version="17.0").start()
+    yield blue, green
+    blue.stop()
+    green.stop()
+
+
+@pytest.fixture(scope="session")
+def haproxy(
+    tmp_path_factory: pytest.TempPathFactory, standins: tuple[StandinProcess, ...]
+) -> Iterator[HaproxyLab]:
+    """HAProxy 2.6 fronting the two stand-ins, runtime API at level admin."""
+    blue, green = standins
+    lab = HaproxyLab(tmp_path_factory.mktemp("haproxy"), blue.port, green.port)
+    lab.start()
+    yield lab
+    lab.stop()

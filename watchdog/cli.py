@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from watchdog import __version__
-from watchdog.config import ConfigError, LoadedConfig, load
+from watchdog import __version__, routers
+from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
+from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -49,6 +54,82 @@ def _summary(loaded: LoadedConfig) -> str:
     return "\n".join(lines)
 
 
+ACTIVE_PHASES = frozenset({"preflight", "progressing", "paused", "baking", "rolling_back"})
+
+
+def _api_url(args: argparse.Namespace, loaded: LoadedConfig | None) -> str:
+    if getattr(args, "url", None):
+        return str(args.url).rstrip("/")
+    if loaded is not None:
+        host, port = loaded.config.api.host_port
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+    return "http://127.0.0.1:9721"
+
+
+def _daemon_phase(api: str, site: str) -> str | None:
+    """The phase the daemon reports for `site`, or None when no daemon answers."""
+    try:
+        with urllib.request.urlopen(f"{api}/api/v1/sites/{site}", timeout=3) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    phase = body.get("phase") if isinstance(body, dict) else None
+    return str(phase) if phase is not None else None
+
+
+def _router(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    site = loaded.config.sites.get(args.site)
+    if site is None:
+        known = ", ".join(sorted(loaded.config.sites))
+        print(f"error: no site {args.site!r} in {args.config} (sites: {known})", file=sys.stderr)
+        return 2
+    wanted = None
+    if args.set is not None:
+        try:
+            wanted = parse_weights(args.set)
+        except WeightsError as exc:
+            print(f"error: --set: {exc}", file=sys.stderr)
+            return 2
+        api = _api_url(args, loaded)
+        phase = _daemon_phase(api, args.site)
+        if phase in ACTIVE_PHASES and not args.force:
+            print(f"refused: the daemon at {api} owns a rollout of {args.site} (phase {phase}); "
+                  "use `odoo-watchdog abort` first, or --force in an emergency (the daemon will "
+                  "see the change as drift and put its own split back)", file=sys.stderr)
+            return 1
+    router = routers.create(args.site, site)
+    try:
+        return asyncio.run(_router_run(router, args.site, site, wanted, args.drain))
+    except RouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _router_run(
+    router: routers.Router, name: str, site: SiteConfig, wanted: dict[str, int] | None,
+    drain: bool,
+) -> int:
+    try:
+        before = await router.get_weights()
+        if wanted is None:
+            print(f"site {name}: {site.router.kind} router")
+            for color, weight in before.items():
+                print(f"  {color:<6} {site.colors[color].server:<24} {weight:>3}%")
+            return 0
+        after = await router.set_weights(wanted, drain=drain)
+        print(f"site {name}: {format_weights(after)} (was {format_weights(before)})")
+        return 0
+    finally:
+        await router.close()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from watchdog.lab.demo import run_demo
 
@@ -66,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and every rule file it names")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="daemon config")
     check.set_defaults(func=_check)
+
+    router = sub.add_parser(
+        "router", help="read or set a site's split straight through its router (emergencies)"
+    )
+    router.add_argument("site", help="site name from the config")
+    router.add_argument("-c", "--config", required=True, metavar="FILE", help="daemon config")
+    router.add_argument("--set", metavar="SPLIT", help="e.g. blue=90,green=10")
+    router.add_argument("--force", action="store_true",
+                        help="set even while the daemon owns a rollout of the site")
+    router.add_argument("--drain", action="store_true",
+                        help="a colour set to 0 drains its sticky users instead of dropping them")
+    router.add_argument("--url", help="the daemon's API (default: from the config)")
+    router.set_defaults(func=_router)
 
     demo = sub.add_parser("demo", help="run the lab demo on loopback")
     demo.set_defaults(func=_demo)

@@ -22,13 +22,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from watchdog.durations import parse_duration
+from watchdog.durations import format_duration, parse_duration
 from watchdog.yamlsrc import ConfigError, Document, Problem, dotted, problems_from, read
 
 __all__ = [
@@ -56,7 +57,12 @@ TEMPLATE_VARS = frozenset({"site", "color", "server", "backend", "url", "contain
 # this matches the level field only, so an INFO line whose message says ERROR is not counted.
 DEFAULT_LOG_PATTERN = r"^\S+ \S+ \d+ (ERROR|CRITICAL) "
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Seconds in Python; written back as `5m` in JSON, so a dumped config validates again.
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
 
@@ -177,22 +183,36 @@ class NotifyTarget(_Strict):
 
 
 class HaproxyRouter(_Strict):
+    """HAProxy's runtime API; `server` of each colour is the HAProxy server name."""
+
     kind: Literal["haproxy"]
     socket: str  # a unix socket path, or host:port of a TCP stats socket
     backend: str
+    # Where `show servers state` is written after every change, so a reload keeps the split;
+    # the same path as `server-state-file` in haproxy.cfg.
+    state_file: Path | None = None
+    drain_timeout: Duration = Field(30.0, ge=0)  # drain, then maint, for a colour given up
+    timeout: Duration = Field(2.0, gt=0)
 
 
 class NginxRouter(_Strict):
+    """An upstream block the daemon owns; `server` of each colour is its host:port."""
+
     kind: Literal["nginx"]
     upstream_file: Path
     upstream: str
     reload: str = "nginx -s reload"
+    test: str = "nginx -t"
+    timeout: Duration = Field(30.0, gt=0)
 
 
 class TraefikRouter(_Strict):
+    """A weighted service in a file-provider dynamic file; `server` is each colour's service."""
+
     kind: Literal["traefik"]
     dynamic_file: Path
     service: str
+    sticky_cookie: str | None = None
 
 
 RouterConfig = Annotated[HaproxyRouter | NginxRouter | TraefikRouter, Field(discriminator="kind")]
@@ -290,6 +310,17 @@ class SiteConfig(_Strict):
         if len(set(servers)) != len(servers):
             raise ValueError(f"blue and green use the same server name {servers[0]!r}")
         return colors
+
+    @model_validator(mode="after")
+    def _nginx_servers(self) -> SiteConfig:
+        if isinstance(self.router, NginxRouter):
+            for color, spec in self.colors.items():
+                if not re.fullmatch(r"(unix:/\S+|\[?[\w.:-]+\]?:\d{1,5})", spec.server):
+                    raise ValueError(
+                        f"colours.{color}.server {spec.server!r}: with an nginx router, server "
+                        "is the upstream address, host:port (e.g. 127.0.0.1:8069)"
+                    )
+        return self
 
     @property
     def backend(self) -> str:

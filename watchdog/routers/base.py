@@ -1,0 +1,119 @@
+"""The contract of a traffic switch, and the registry from `router.kind` to its class.
+
+Like Flagger's router interface: read the split, set the split, check the switch is usable.
+Weights are whole percentages per colour that sum to 100; anything else is refused here,
+before any router is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from watchdog.config import COLORS, SiteConfig
+
+Weights = dict[str, int]
+
+
+class RouterError(RuntimeError):
+    """The switch refused or failed; the message names the router, backend and server."""
+
+
+class WeightsError(ValueError):
+    """Weights that are not a valid split (unknown colour, out of range, not summing to 100)."""
+
+
+def validate_weights(weights: Mapping[str, object]) -> Weights:
+    unknown = sorted(set(weights) - set(COLORS))
+    if unknown:
+        raise WeightsError(f"unknown colour {unknown[0]!r}: colours are blue and green")
+    out: Weights = {}
+    for color in COLORS:
+        value = weights.get(color, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WeightsError(f"weight of {color} must be a whole number, got {value!r}")
+        if not 0 <= value <= 100:
+            raise WeightsError(f"weight of {color} must be between 0 and 100, got {value}")
+        out[color] = value
+    if sum(out.values()) != 100:
+        raise WeightsError(
+            f"weights must sum to 100, got blue={out['blue']} + green={out['green']} = "
+            f"{sum(out.values())}"
+        )
+    return out
+
+
+def parse_weights(text: str) -> Weights:
+    """`blue=90,green=10` (the CLI's form); one colour alone implies the other gets the rest."""
+    parsed: dict[str, object] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise WeightsError(f"expected COLOR=PERCENT, e.g. blue=90,green=10 (got {part!r})")
+        parsed[name.strip()] = int(value)
+    if len(parsed) == 1:
+        (only, value), = parsed.items()
+        if only in COLORS and isinstance(value, int):
+            other = COLORS[1] if only == COLORS[0] else COLORS[0]
+            parsed[other] = 100 - value
+    return validate_weights(parsed)
+
+
+def format_weights(weights: Mapping[str, int]) -> str:
+    return ",".join(f"{color}={weights[color]}" for color in COLORS if color in weights)
+
+
+def percentages(raw: Mapping[str, float]) -> Weights:
+    """Router weights of any scale (HAProxy 0..256, nginx 1..) as percentages summing to 100."""
+    total = sum(raw.values())
+    if total <= 0:
+        raise RouterError("no colour takes traffic: every weight is 0 or in maintenance")
+    blue = round(100 * raw.get("blue", 0) / total)
+    return {"blue": blue, "green": 100 - blue}
+
+
+class Router(Protocol):
+    kind: str
+
+    async def get_weights(self) -> Weights:
+        """The split the switch applies now, read from the switch itself."""
+        ...
+
+    async def set_weights(self, weights: Mapping[str, int], *, drain: bool = False) -> Weights:
+        """Apply `weights`, read them back, raise RouterError on any difference.
+
+        `drain=True` (promotion): a colour going to 0 keeps its sticky users for a while;
+        `drain=False` (rollback): it is taken out at once, sticky users included.
+        """
+        ...
+
+    async def check(self) -> None:
+        """Raise RouterError saying what is wrong if the switch cannot be used."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+RouterFactory = Callable[[str, SiteConfig], Router]
+_REGISTRY: dict[str, RouterFactory] = {}
+
+
+def register(kind: str) -> Callable[[RouterFactory], RouterFactory]:
+    def add(factory: RouterFactory) -> RouterFactory:
+        _REGISTRY[kind] = factory
+        return factory
+
+    return add
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def create(site_name: str, site: SiteConfig) -> Router:
+    kind = site.router.kind
+    try:
+        factory = _REGISTRY[kind]
+    except KeyError:
+        raise RouterError(f"no router of kind {kind!r} (known: {', '.join(kinds())})") from None
+    return factory(site_name, site)

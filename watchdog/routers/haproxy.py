@@ -1,0 +1,291 @@
+"""HAProxy 2.6 through its runtime API (the stats socket at level admin).
+
+A switch is one connection carrying every command joined by `;`, the colour that gains
+traffic first, so there is never a moment where no server takes new requests. HAProxy's
+weights are the percentages themselves (0..100 within its 0..256). A colour at 0 goes to
+`maint` on rollback, so cookie-sticky users move too; on promotion it goes to `drain` (sticky
+users finish their session) and to `maint` after `drain_timeout`. The result is read back
+with `show servers state` and any difference is an error. After every change the whole
+`show servers state` is written to `state_file` (haproxy.cfg's `server-state-file`), so an
+HAProxy reload keeps the split instead of falling back to the weights in haproxy.cfg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.config import COLORS, HaproxyRouter as HaproxyConfig, SiteConfig
+from watchdog.routers.base import (
+    RouterError,
+    Weights,
+    percentages,
+    register,
+    validate_weights,
+)
+
+# srv_admin_state bits (HAProxy's server.h): forced/inherited/config maintenance,
+# forced/inherited drain, resolution and hostname maintenance.
+_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+_DRAIN = 0x08 | 0x10
+
+_KNOWN_ERRORS = {
+    "No such server.": "HAProxy backend {backend} has no server {server}",
+    "No such backend.": "HAProxy has no backend {backend}",
+    "Can't find backend.": "HAProxy has no backend {backend}",
+    "Permission denied": (
+        "HAProxy refused the command on {socket}: the socket is not at level admin "
+        "(use `stats socket ... level admin` in haproxy.cfg)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ServerState:
+    name: str
+    op_state: int  # 0 stopped, 1 starting, 2 running, 3 stopping
+    admin_state: int
+    weight: int  # srv_uweight: the weight in force
+
+    @property
+    def in_maint(self) -> bool:
+        return bool(self.admin_state & _MAINT)
+
+    @property
+    def draining(self) -> bool:
+        return bool(self.admin_state & _DRAIN)
+
+    @property
+    def effective(self) -> int:
+        """The weight new, non-sticky requests see."""
+        return 0 if self.in_maint or self.draining else self.weight
+
+    @property
+    def up(self) -> bool:
+        return self.op_state == 2
+
+
+class RuntimeApi:
+    """One command (or `;`-joined commands) per connection, as HAProxy's non-interactive mode."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+
+    async def send(self, command: str) -> str:
+        try:
+            return await asyncio.wait_for(self._send(command), self.timeout)
+        except TimeoutError:
+            raise RouterError(
+                f"HAProxy runtime API {self.address}: no answer in {self.timeout:g}s"
+            ) from None
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise RouterError(
+                f"cannot connect to HAProxy runtime API {self.address}: {exc.strerror or exc}"
+                " (is HAProxy running, and is this its `stats socket`?)"
+            ) from None
+        except PermissionError as exc:
+            raise RouterError(
+                f"cannot open HAProxy runtime API {self.address}: {exc.strerror} (run as a user "
+                "in the socket's group, e.g. SupplementaryGroups=haproxy)"
+            ) from None
+        except OSError as exc:
+            raise RouterError(f"HAProxy runtime API {self.address}: {exc}") from None
+
+    async def _send(self, command: str) -> str:
+        if "/" in self.address:
+            reader, writer = await asyncio.open_unix_connection(self.address)
+        else:
+            host, _, port = self.address.rpartition(":")
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return data.decode(errors="replace")
+
+
+class HaproxyRouter:
+    kind = "haproxy"
+
+    def __init__(self, site_name: str, site: SiteConfig) -> None:
+        config = site.router
+        assert isinstance(config, HaproxyConfig)
+        self.site = site_name
+        self.config = config
+        self.backend = config.backend
+        self.servers = {color: site.colors[color].server for color in COLORS}
+        self.api = RuntimeApi(config.socket, config.timeout)
+        self._drains: dict[str, asyncio.Task[None]] = {}
+
+    # ---------------------------------------------------------------- reading
+
+    async def server_states(self) -> dict[str, ServerState]:
+        """Our two servers' state from `show servers state <backend>`, by colour."""
+        answer = await self.api.send(f"show servers state {self.backend}")
+        self._raise_for(answer, server="*")
+        found = parse_servers_state(answer, self.backend)
+        out = {}
+        for color, server in self.servers.items():
+            if server not in found:
+                raise RouterError(f"HAProxy backend {self.backend} has no server {server} "
+                                  f"(the {color} colour); it has: {', '.join(found) or 'none'}")
+            out[color] = found[server]
+        return out
+
+    async def get_weights(self) -> Weights:
+        states = await self.server_states()
+        return percentages({color: float(s.effective) for color, s in states.items()})
+
+    # ---------------------------------------------------------------- writing
+
+    async def set_weights(self, weights: Mapping[str, int], *, drain: bool = False) -> Weights:
+        wanted = validate_weights(weights)
+        for task in self._drains.values():
+            task.cancel()
+        self._drains.clear()
+        before = await self.server_states()
+        # The colour that gains traffic first: never a moment with no server for new requests.
+        order = sorted(COLORS, key=lambda c: wanted[c] - before[c].effective, reverse=True)
+        commands: list[str] = []
+        for color in order:
+            target = f"{self.backend}/{self.servers[color]}"
+            if wanted[color] > 0:
+                commands += [f"set server {target} weight {wanted[color]}",
+                             f"set server {target} state ready"]
+            else:
+                state = "drain" if drain else "maint"
+                commands += [f"set server {target} weight 0", f"set server {target} state {state}"]
+        answer = await self.api.send("; ".join(commands))
+        self._raise_for(answer, server=", ".join(self.servers[c] for c in order))
+        got = await self.get_weights()
+        if got != wanted:
+            raise RouterError(
+                f"HAProxy backend {self.backend} reports blue={got['blue']},green={got['green']} "
+                f"after setting blue={wanted['blue']},green={wanted['green']}"
+            )
+        await self.save_state()
+        if drain:
+            for color in COLORS:
+                if wanted[color] == 0 and self.config.drain_timeout > 0:
+                    self._drains[color] = asyncio.create_task(self._maint_after_drain(color))
+        return got
+
+    async def _maint_after_drain(self, color: str) -> None:
+        await asyncio.sleep(self.config.drain_timeout)
+        target = f"{self.backend}/{self.servers[color]}"
+        answer = await self.api.send(f"set server {target} state maint")
+        self._raise_for(answer, server=self.servers[color])
+        await self.save_state()
+
+    async def save_state(self) -> None:
+        """Write `show servers state` (all backends) to state_file, atomically."""
+        path = self.config.state_file
+        if path is None:
+            return
+        answer = await self.api.send("show servers state")
+        if not answer.lstrip().startswith("1"):
+            raise RouterError(f"HAProxy did not return a server state to save: {answer[:200]!r}")
+        await asyncio.to_thread(_write_atomic, path, answer.rstrip("\n") + "\n")
+
+    # ---------------------------------------------------------------- checking
+
+    async def check(self) -> None:
+        level = (await self.api.send("show cli level")).strip()
+        if level != "admin":
+            raise RouterError(
+                f"HAProxy runtime API {self.config.socket} is at level {level or 'unknown'!r}; "
+                "switching traffic needs `stats socket ... level admin`"
+            )
+        states = await self.server_states()
+        await asyncio.to_thread(self._check_state_file)
+        down = [f"{color} ({self.servers[color]})" for color, s in states.items()
+                if s.effective > 0 and not s.up]
+        if down:
+            raise RouterError(f"HAProxy sends traffic to {', '.join(down)}, which its health "
+                              "checks report down")
+
+    def _check_state_file(self) -> None:
+        path = self.config.state_file
+        if path is not None and not os.access(path.parent, os.W_OK):
+            raise RouterError(f"cannot write HAProxy server state file {path}: directory not "
+                              "writable")
+
+    async def close(self) -> None:
+        for task in self._drains.values():
+            task.cancel()
+        self._drains.clear()
+
+    def _raise_for(self, answer: str, server: str) -> None:
+        problems = [line.strip() for line in answer.splitlines()
+                    if line.strip() and not _is_state_line(line)]
+        if not problems:
+            return
+        first = problems[0]
+        template = _KNOWN_ERRORS.get(first)
+        if template is not None:
+            raise RouterError(template.format(backend=self.backend, server=server,
+                                              socket=self.config.socket))
+        if "static LB algorithm" in first:
+            raise RouterError(
+                f"HAProxy backend {self.backend} uses a static balance algorithm, which only "
+                "takes weights 0% and 100%; use `balance roundrobin` (or leastconn) for canaries"
+            )
+        raise RouterError(f"HAProxy backend {self.backend}, server {server}: {first}")
+
+
+def _is_state_line(line: str) -> bool:
+    """Lines of a `show servers state` answer: the version, the header, server rows."""
+    stripped = line.strip()
+    return stripped == "1" or stripped.startswith("#") or stripped[:1].isdigit()
+
+
+def parse_servers_state(answer: str, backend: str) -> dict[str, ServerState]:
+    """Rows of `show servers state` for `backend`, by server name (format version 1)."""
+    lines = [ln for ln in answer.splitlines() if ln.strip()]
+    if not lines or lines[0].strip() != "1":
+        raise RouterError(f"unexpected `show servers state` answer: {answer[:200]!r}")
+    header = lines[1].lstrip("# ").split() if len(lines) > 1 else []
+    out: dict[str, ServerState] = {}
+    for line in lines[2:]:
+        row = dict(zip(header, line.split(), strict=False))
+        if row.get("be_name") != backend:
+            continue
+        try:
+            out[row["srv_name"]] = ServerState(
+                name=row["srv_name"],
+                op_state=int(row["srv_op_state"]),
+                admin_state=int(row["srv_admin_state"]),
+                weight=int(row["srv_uweight"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise RouterError(f"cannot read HAProxy server state line {line!r}: {exc}") from None
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@register("haproxy")
+def _factory(site_name: str, site: SiteConfig) -> HaproxyRouter:
+    return HaproxyRouter(site_name, site)
