@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from watchdog import __version__, routers
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
+from watchdog.cli_ops import add_client_commands
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
+from watchdog.store import StoreError
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -130,6 +136,86 @@ async def _router_run(
         await router.close()
 
 
+def configure_logging() -> None:
+    """JSON lines to stdout (journald keeps them); a readable console when on a terminal."""
+    renderer: Any = (structlog.dev.ConsoleRenderer() if sys.stdout.isatty()
+                     else structlog.processors.JSONRenderer(sort_keys=True))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging()
+    try:
+        loaded = load(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    token = None
+    token_file = loaded.config.api.token_file
+    if token_file is not None:
+        path = token_file if token_file.is_absolute() else Path(args.config).parent / token_file
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            print(f"error: api.token_file {path}: {exc.strerror}", file=sys.stderr)
+            return 1
+        if not token:
+            print(f"error: api.token_file {path} is empty", file=sys.stderr)
+            return 1
+    try:
+        return asyncio.run(_serve(loaded, token))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot listen on {loaded.config.api.listen}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+
+
+async def _serve(loaded: LoadedConfig, token: str | None) -> int:
+    from aiohttp import web
+
+    from watchdog.api import create_app
+    from watchdog.daemon import Daemon
+
+    log = structlog.get_logger("odoo_watchdog")
+    daemon = Daemon(loaded)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    runner = web.AppRunner(create_app(daemon, token), access_log=None)
+    await runner.setup()
+    host, port = loaded.config.api.host_port
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await daemon.stop()
+        await runner.cleanup()
+        raise
+    log.info("started", listen=loaded.config.api.listen, sites=list(loaded.config.sites),
+             rules=len(loaded.rules), token=token is not None)
+    await stop.wait()
+    log.info("stopping", reason="signal")
+    await runner.cleanup()
+    await daemon.stop()
+    log.info("stopped")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from watchdog.lab.demo import run_demo
 
@@ -143,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"odoo-watchdog {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="daemon config")
+    run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate the config and every rule file it names")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="daemon config")
@@ -160,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a colour set to 0 drains its sticky users instead of dropping them")
     router.add_argument("--url", help="the daemon's API (default: from the config)")
     router.set_defaults(func=_router)
+
+    add_client_commands(sub)
 
     demo = sub.add_parser("demo", help="run the lab demo on loopback")
     demo.set_defaults(func=_demo)

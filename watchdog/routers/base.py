@@ -45,17 +45,17 @@ def validate_weights(weights: Mapping[str, object]) -> Weights:
 
 def parse_weights(text: str) -> Weights:
     """`blue=90,green=10` (the CLI's form); one colour alone implies the other gets the rest."""
-    parsed: dict[str, object] = {}
+    parsed: dict[str, int] = {}
     for part in text.split(","):
-        name, sep, value = part.strip().partition("=")
-        if not sep or not value.strip().lstrip("-").isdigit():
+        name, sep, raw = part.strip().partition("=")
+        if not sep or not raw.strip().lstrip("-").isdigit():
             raise WeightsError(f"expected COLOR=PERCENT, e.g. blue=90,green=10 (got {part!r})")
-        parsed[name.strip()] = int(value)
+        parsed[name.strip()] = int(raw)
     if len(parsed) == 1:
-        (only, value), = parsed.items()
-        if only in COLORS and isinstance(value, int):
+        only, weight = next(iter(parsed.items()))
+        if only in COLORS:
             other = COLORS[1] if only == COLORS[0] else COLORS[0]
-            parsed[other] = 100 - value
+            parsed[other] = 100 - weight
     return validate_weights(parsed)
 
 

@@ -1,0 +1,68 @@
+"""A small client of the daemon's API for the CLI (synchronous: one request per command)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """ODOO_WATCHDOG_TOKEN wins; else the config's token_file; else no token."""
+    env = os.environ.get("ODOO_WATCHDOG_TOKEN")
+    if env:
+        return env.strip()
+    if token_file is None:
+        return None
+    try:
+        return token_file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class Client:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        try:
+            self.actor = f"{getpass.getuser()}@{socket.gethostname()}"
+        except (KeyError, OSError):
+            self.actor = "cli"
+
+    def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
+        req.add_header("Content-Type", "application/json")
+        req.add_header("X-Actor", self.actor)
+        if self.token and method != "GET":
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, AttributeError):
+                message = str(exc.reason)
+            raise ApiError(exc.code, str(message)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(0, f"cannot reach the daemon at {self.url}: {reason}") from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, payload: dict[str, Any]) -> Any:
+        return self.request("POST", path, payload)

@@ -1,0 +1,392 @@
+"""The daemon: wiring between the scheduler, the sources, the pure core, the store and routers.
+
+Every `interval` each site ticks (one APScheduler job per site, never two at once):
+measure every rule for the target colour concurrently, judge them (`rules.py`), decide
+(`rollout.py`), store the decision *before* touching the router, carry out its actions, then
+reconcile: read the router's real split and put the desired one back if someone changed it.
+Operator commands take the same per-site lock, so a command and a tick never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from watchdog import odoo, rollout, routers
+from watchdog.config import COLORS, LoadedConfig, SiteConfig, load
+from watchdog.measurement import Measurement
+from watchdog.metrics import Metrics
+from watchdog.rollout import (
+    ApplyWeights,
+    Decision,
+    Event,
+    Notify,
+    Phase,
+    RuleView,
+    RunPreflight,
+    SiteState,
+    Tick,
+)
+from watchdog.rules import RuleStatus, State, evaluate
+from watchdog.sources import Source, Target, create_all, measure_all
+from watchdog.store import Store
+
+log = structlog.get_logger("odoo_watchdog")
+
+
+class UnknownSite(KeyError):
+    pass
+
+
+@dataclass
+class SiteRuntime:
+    name: str
+    config: SiteConfig
+    router: routers.Router
+    state: SiteState
+    statuses: dict[tuple[str, str], RuleStatus] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    actual: dict[str, int] | None = None
+    router_error: str | None = None
+    last_tick: float | None = None
+    ticks: int = 0
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.loaded = loaded
+        self.clock = clock
+        self.metrics = Metrics()
+        self.store = Store(loaded.config.state_dir if loaded.config.state_dir.is_absolute()
+                           else loaded.path.parent / loaded.config.state_dir)
+        self.sources: dict[str, Source] = create_all(loaded.config)
+        self.sites: dict[str, SiteRuntime] = {}
+        self.scheduler: AsyncIOScheduler | None = None
+        self.started = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success_timestamp_seconds.set(time.time())
+
+    @classmethod
+    def from_file(cls, path: Path) -> Daemon:
+        return cls(load(path))
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        for name, site in self.loaded.config.sites.items():
+            state = await asyncio.to_thread(self.store.load, name)
+            if state is None:
+                state = rollout.initial(name, site.live)
+                await asyncio.to_thread(self.store.save, state, [Event(
+                    "initialized", f"first start: {site.live} is live",
+                    "idle", "idle", dict(state.weights), actor="daemon")])
+            runtime = SiteRuntime(name, site, routers.create(name, site), state)
+            self.sites[name] = runtime
+            self._export(runtime)
+            await self._reconcile(runtime)
+            log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
+                     weights=state.weights)
+        self.scheduler = AsyncIOScheduler()
+        for name, runtime in self.sites.items():
+            self.scheduler.add_job(
+                self.tick, "interval", args=[name], id=f"tick:{name}",
+                seconds=runtime.config.rollout.interval, max_instances=1, coalesce=True,
+                next_run_time=datetime.now(), misfire_grace_time=None,
+            )
+        self.scheduler.start()
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Finish the tick in progress, leave traffic as it is."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        for runtime in self.sites.values():
+            async with runtime.lock:
+                await runtime.router.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for source in self.sources.values():
+            await source.close()
+        self.store.close()
+
+    def healthy(self) -> bool:
+        return self.started.is_set() and self.scheduler is not None and self.scheduler.running
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- ticks
+
+    async def tick(self, name: str) -> None:
+        runtime = self.sites[name]
+        async with runtime.lock:
+            try:
+                await self._tick(runtime)
+            except Exception:  # a bug must not stop the schedule; it is logged loudly
+                log.exception("tick_failed", site=name)
+
+    async def _tick(self, runtime: SiteRuntime) -> None:
+        state = runtime.state
+        target = state.target
+        views = await self._measure(runtime, target)
+        actual = await self._read(runtime)
+        preflight = None
+        if state.phase is Phase.PREFLIGHT:
+            preflight = await self._preflight(runtime)
+        previous_healthy = None
+        if state.previous is not None and state.can_fail_back(self.clock()):
+            url = runtime.config.colors[state.previous].url
+            previous_healthy, _ = await odoo.check_health_url(url)
+        decision = rollout.tick(state, Tick(self.clock(), views, actual, preflight,
+                                            previous_healthy))
+        await self._commit(runtime, decision)
+        await self._reconcile(runtime)
+        runtime.last_tick = self.clock()
+        runtime.ticks += 1
+
+    async def _measure(self, runtime: SiteRuntime, color: str) -> dict[str, RuleView]:
+        rules = self.loaded.rules_for(runtime.name)
+        target = Target.of(runtime.name, runtime.config, color)
+        started = time.monotonic()
+        measurements = await measure_all(self.sources, rules, target)
+        now = self.clock()
+        views: dict[str, RuleView] = {}
+        for rule, m in zip(rules, measurements, strict=True):
+            key = (rule.name, color)
+            before = runtime.statuses.get(key, RuleStatus())
+            after = evaluate(rule, before, m, now)
+            runtime.statuses[key] = after
+            self._rule_metrics(runtime.name, rule, color, after, m, time.monotonic() - started)
+            if after.state is not before.state:
+                log.info("rule_state", site=runtime.name, rule=rule.name, color=color,
+                         state_from=before.state.label, state=after.state.label,
+                         value=after.value, threshold=rule.threshold_text(), detail=m.detail,
+                         phase=runtime.state.phase.value)
+            views[rule.name] = RuleView(rule.name, after.state, rule.on_fire, after.value,
+                                        rule.threshold_text(), after.detail)
+        # Rules of the other colour are not measured now; forget their stale states.
+        for key in [k for k in runtime.statuses if k[1] != color]:
+            del runtime.statuses[key]
+        return views
+
+    def _rule_metrics(self, site: str, rule: Any, color: str, status: RuleStatus,
+                      m: Measurement, seconds: float) -> None:
+        outcome = status.outcome.value if status.outcome else "error"
+        self.metrics.rule_evaluations_total.labels(site, rule.name, outcome).inc()
+        self.metrics.rule_evaluation_seconds.labels(rule.source).observe(
+            max(0.0, m.finished - m.started) if m.finished else seconds)
+        self.metrics.rule_state.labels(site, rule.name, color).set(int(status.state))
+        value = status.value if status.value is not None else math.nan
+        self.metrics.rule_value.labels(site, rule.name, color).set(value)
+
+    async def _preflight(self, runtime: SiteRuntime) -> rollout.Preflight:
+        ro = runtime.state.rollout
+        assert ro is not None
+        live_ok, live_detail = await odoo.smoke(runtime.config.colors[ro.live].url, ["health"])
+        if not live_ok:
+            return rollout.Preflight(False, f"live {ro.live} is not healthy: {live_detail}")
+        checks = runtime.config.rollout.smoke
+        ok, detail = await odoo.smoke(runtime.config.colors[ro.candidate].url, checks)
+        return rollout.Preflight(ok, f"{ro.candidate}: {detail}")
+
+    # ---------------------------------------------------------------- decisions
+
+    async def _commit(self, runtime: SiteRuntime, decision: Decision) -> None:
+        """Store first, then act: a crash between the two resumes from the stored split."""
+        if decision.changed:
+            await asyncio.to_thread(self.store.save, decision.state, decision.events)
+        before = runtime.state
+        runtime.state = decision.state
+        for event in decision.events:
+            log.info(event.kind, site=runtime.name, message=event.message,
+                     rollout_id=event.rollout_id, phase_from=event.phase_from,
+                     phase=event.phase_to, weights=event.weights, rule=event.rule,
+                     value=event.value, threshold=event.threshold, actor=event.actor)
+            self._count(runtime.name, event)
+        self._export(runtime)
+        for action in decision.actions:
+            if isinstance(action, ApplyWeights):
+                await self._apply(runtime, action.weights, action.drain)
+            elif isinstance(action, Notify):
+                log.info("notify", site=runtime.name, kind=action.kind, text=action.message)
+            elif isinstance(action, RunPreflight):
+                self._spawn(self.tick(runtime.name))
+        del before
+
+    def _count(self, site: str, event: Event) -> None:
+        if event.kind in ("promoted", "rolled_back", "aborted"):
+            self.metrics.rollouts_total.labels(site, event.kind).inc()
+        if event.kind in ("rolling_back", "failback"):
+            self.metrics.rollbacks_total.labels(site, event.rule or "operator").inc()
+
+    async def _apply(self, runtime: SiteRuntime, weights: dict[str, int], drain: bool) -> bool:
+        kind = runtime.router.kind
+        started = time.monotonic()
+        try:
+            await runtime.router.set_weights(weights, drain=drain)
+        except routers.RouterError as exc:
+            self.metrics.router_operations_total.labels(runtime.name, kind, "error").inc()
+            runtime.router_error = str(exc)
+            log.error("router_error", site=runtime.name, error=str(exc), weights=weights)
+            await asyncio.to_thread(self.store.record, runtime.name, self._event(
+                runtime, "router_error", f"setting {routers.format_weights(weights)} failed: "
+                f"{exc}"))
+            return False
+        finally:
+            self.metrics.router_operation_seconds.labels(kind).observe(time.monotonic() - started)
+        self.metrics.router_operations_total.labels(runtime.name, kind, "ok").inc()
+        runtime.router_error = None
+        runtime.actual = dict(weights)
+        return True
+
+    async def _read(self, runtime: SiteRuntime) -> dict[str, int] | None:
+        kind = runtime.router.kind
+        started = time.monotonic()
+        try:
+            actual = await runtime.router.get_weights()
+        except routers.RouterError as exc:
+            self.metrics.router_operations_total.labels(runtime.name, kind, "error").inc()
+            if runtime.router_error != str(exc):
+                log.error("router_error", site=runtime.name, error=str(exc))
+            runtime.router_error = str(exc)
+            runtime.actual = None
+            return None
+        finally:
+            self.metrics.router_operation_seconds.labels(kind).observe(time.monotonic() - started)
+        self.metrics.router_operations_total.labels(runtime.name, kind, "ok").inc()
+        runtime.router_error = None
+        runtime.actual = actual
+        return actual
+
+    async def _reconcile(self, runtime: SiteRuntime) -> None:
+        """Make the router match the stored split (a reload or a person may have changed it)."""
+        actual = await self._read(runtime)
+        desired = runtime.state.weights
+        if actual is None or actual == desired:
+            return
+        self.metrics.router_drift_total.labels(runtime.name).inc()
+        message = (f"router reports {routers.format_weights(actual)}, desired is "
+                   f"{routers.format_weights(desired)}: putting it back")
+        log.warning("drift", site=runtime.name, actual=actual, weights=desired)
+        await asyncio.to_thread(self.store.record, runtime.name,
+                                self._event(runtime, "drift", message))
+        await self._apply(runtime, desired, drain=False)
+
+    def _event(self, runtime: SiteRuntime, kind: str, message: str) -> Event:
+        phase = runtime.state.phase.value
+        ro = runtime.state.rollout
+        return Event(kind, message, phase, phase, dict(runtime.state.weights),
+                     rollout_id=ro.id if ro else None)
+
+    def _export(self, runtime: SiteRuntime) -> None:
+        state = runtime.state
+        for color in COLORS:
+            self.metrics.traffic_weight.labels(runtime.name, color).set(state.weights[color])
+        for phase in Phase:
+            self.metrics.rollout_phase.labels(runtime.name, phase.value).set(
+                1 if phase is state.phase else 0)
+        ro = state.rollout
+        step = ro.step + 1 if ro is not None and ro.active and ro.step >= 0 else 0
+        self.metrics.rollout_step.labels(runtime.name).set(step)
+
+    # ---------------------------------------------------------------- commands
+
+    async def command(self, name: str, cmd: rollout.Command) -> SiteState:
+        runtime = self.sites.get(name)
+        if runtime is None:
+            raise UnknownSite(name)
+        async with runtime.lock:
+            decision = rollout.command(runtime.state, cmd, self.clock(),
+                                       runtime.config.rollout)
+            await self._commit(runtime, decision)
+        return runtime.state
+
+    # ---------------------------------------------------------------- views
+
+    def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
+        runtime = self.sites.get(name)
+        if runtime is None:
+            raise UnknownSite(name)
+        state = runtime.state
+        now = self.clock()
+        view: dict[str, Any] = {
+            "site": name,
+            "live": state.live,
+            "phase": state.phase.value,
+            "target": state.target,
+            "weights": state.weights,
+            "actual_weights": runtime.actual,
+            "router": {"kind": runtime.router.kind, "error": runtime.router_error},
+            "previous": ({"color": state.previous, "until": state.previous_until}
+                         if state.previous else None),
+            "rollout": _rollout_view(state, now),
+            "rules": self._rules_view(runtime),
+            "last_tick": runtime.last_tick,
+            "interval": runtime.config.rollout.interval,
+        }
+        if events:
+            view["events"] = self.store.events(name, events)
+        return view
+
+    def _rules_view(self, runtime: SiteRuntime) -> list[dict[str, Any]]:
+        out = []
+        rules = {r.name: r for r in self.loaded.rules_for(runtime.name)}
+        for (rule_name, color), status in sorted(runtime.statuses.items()):
+            rule = rules.get(rule_name)
+            if rule is None:
+                continue
+            out.append({
+                "name": rule_name, "color": color, "source": rule.source,
+                "state": status.state.label,
+                "value": status.value if status.value is None or math.isfinite(status.value)
+                else None,
+                "outcome": status.outcome.value if status.outcome else None,
+                "threshold": rule.threshold_text(), "for": rule.for_, "on_fire": rule.on_fire,
+                "since": status.since, "detail": status.detail,
+            })
+        return out
+
+    def sites_view(self) -> list[dict[str, Any]]:
+        return [self.site_view(name) for name in self.sites]
+
+
+def _rollout_view(state: SiteState, now: float) -> dict[str, Any] | None:
+    ro = state.rollout
+    if ro is None:
+        return None
+    step = ro.current
+    next_in = None
+    if ro.phase is Phase.PROGRESSING and step is not None and ro.step_started is not None:
+        next_in = max(0.0, step.hold - (now - ro.step_started))
+    elif ro.phase is Phase.BAKING and ro.step_started is not None:
+        next_in = max(0.0, ro.bake - (now - ro.step_started))
+    return {
+        "id": ro.id, "from": ro.live, "to": ro.candidate, "version": ro.version,
+        "strategy": ro.strategy, "phase": ro.phase.value,
+        "step": ro.step + 1 if ro.step >= 0 else 0, "steps": len(ro.steps),
+        "step_label": step.label() if step else None, "step_started": ro.step_started,
+        "next_step_in": next_in, "paused_by": ro.paused_by, "reason": ro.reason,
+        "started_at": ro.started_at, "finished_at": ro.finished_at,
+    }
+
+
+async def run_forever(daemon: Daemon, stop: asyncio.Event) -> None:
+    await daemon.start()
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await daemon.stop()

@@ -1,0 +1,73 @@
+"""The daemon's own metrics (DESIGN.md section 9). Names and labels are a contract."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from watchdog import __version__
+
+# From about one scrape interval to the slowest source timeout.
+EVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ROUTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Odoo answers from a few ms (static, health) to many seconds (reports, imports).
+HTTP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+
+
+class Metrics:
+    """One registry per daemon (tests run several daemons in one process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.build_info = Gauge("odoo_watchdog_build_info", "Build of odoo-watchdog",
+                                ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        self.traffic_weight = Gauge("odoo_watchdog_traffic_weight",
+                                    "Desired share of traffic per colour, percent",
+                                    ["site", "color"], registry=r)
+        self.rollout_phase = Gauge("odoo_watchdog_rollout_phase",
+                                   "1 on the site's current rollout phase", ["site", "phase"],
+                                   registry=r)
+        self.rollout_step = Gauge("odoo_watchdog_rollout_step",
+                                  "Current step of the rollout, 1-based; 0 when none",
+                                  ["site"], registry=r)
+        self.rollouts_total = Counter("odoo_watchdog_rollouts_total", "Finished rollouts",
+                                      ["site", "outcome"], registry=r)
+        self.rollbacks_total = Counter("odoo_watchdog_rollbacks_total",
+                                       "Rollbacks and failbacks by the rule that caused them",
+                                       ["site", "rule"], registry=r)
+        self.rule_value = Gauge("odoo_watchdog_rule_value", "Last measured value of a rule",
+                                ["site", "rule", "color"], registry=r)
+        self.rule_state = Gauge("odoo_watchdog_rule_state",
+                                "0 ok, 1 pending, 2 firing, 3 holding",
+                                ["site", "rule", "color"], registry=r)
+        self.rule_evaluations_total = Counter("odoo_watchdog_rule_evaluations_total",
+                                              "Rule evaluations by result",
+                                              ["site", "rule", "result"], registry=r)
+        self.rule_evaluation_seconds = Histogram("odoo_watchdog_rule_evaluation_seconds",
+                                                 "Time to measure one rule", ["source"],
+                                                 buckets=EVAL_BUCKETS, registry=r)
+        self.router_operations_total = Counter("odoo_watchdog_router_operations_total",
+                                               "Router reads and writes by result",
+                                               ["site", "router", "result"], registry=r)
+        self.router_operation_seconds = Histogram("odoo_watchdog_router_operation_seconds",
+                                                  "Time of one router operation", ["router"],
+                                                  buckets=ROUTER_BUCKETS, registry=r)
+        self.router_drift_total = Counter("odoo_watchdog_router_drift_total",
+                                          "Times the router's split differed from the desired "
+                                          "one and was put back", ["site"], registry=r)
+        self.alerts_received_total = Counter("odoo_watchdog_alerts_received_total",
+                                             "Alertmanager alerts received", ["status"],
+                                             registry=r)
+        self.config_last_reload_successful = Gauge(
+            "odoo_watchdog_config_last_reload_successful",
+            "1 if the last config and rule load succeeded", registry=r)
+        self.config_last_reload_success_timestamp_seconds = Gauge(
+            "odoo_watchdog_config_last_reload_success_timestamp_seconds",
+            "Time of the last successful config and rule load", registry=r)
+        self.http_requests_total = Counter("odoo_watchdog_http_requests_total",
+                                           "Requests seen in the proxy access logs",
+                                           ["site", "color", "code"], registry=r)
+        self.http_request_duration_seconds = Histogram(
+            "odoo_watchdog_http_request_duration_seconds",
+            "Response time seen in the proxy access logs", ["site", "color"],
+            buckets=HTTP_BUCKETS, registry=r)

@@ -1,0 +1,65 @@
+"""Odoo-specific probes: the smoke checks a candidate passes before it gets any traffic.
+
+- `health`: `GET /web/health` answers 200 with `{"status": "pass"}` (Odoo 16+).
+- `login`: `GET /web/login` answers 200 (the login page renders: database and assets load).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import aiohttp
+
+SMOKE_TIMEOUT = 10.0
+
+
+async def check_health(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+    try:
+        async with session.get(url + "/web/health", allow_redirects=False,
+                               timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT)) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                return False, f"/web/health answered {resp.status}"
+            try:
+                status = json.loads(body).get("status")
+            except (ValueError, AttributeError):
+                return False, "/web/health did not answer JSON"
+            if status != "pass":
+                return False, f"/web/health says status {status!r}"
+            return True, "/web/health pass"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return False, f"/web/health unreachable: {type(exc).__name__}: {exc}"
+
+
+async def check_login(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+    try:
+        async with session.get(url + "/web/login", allow_redirects=False,
+                               timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT)) as resp:
+            await resp.read()
+            if resp.status != 200:
+                return False, f"/web/login answered {resp.status}"
+            return True, "/web/login 200"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return False, f"/web/login unreachable: {type(exc).__name__}: {exc}"
+
+
+CHECKS = {"health": check_health, "login": check_login}
+
+
+async def smoke(url: str, checks: Sequence[str]) -> tuple[bool, str]:
+    """Run `checks` against one colour; ok only if all pass. The detail lists each result."""
+    results = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        for name in checks:
+            ok, detail = await CHECKS[name](session, url)
+            results.append((ok, detail))
+    failed = [d for ok, d in results if not ok]
+    if failed:
+        return False, "; ".join(failed)
+    return True, ", ".join(d for _, d in results) or "no checks"
+
+
+async def check_health_url(url: str) -> tuple[bool, str]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        return await check_health(session, url)
