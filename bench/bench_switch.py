@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchdog.config import SiteConfig  # noqa: E402
-from watchdog.lab.haproxy import HaproxyLab  # noqa: E402
-from watchdog.lab.load import LoadClient, Sample  # noqa: E402
-from watchdog.lab.nginx import NginxLab  # noqa: E402
-from watchdog.lab.standin import StandinProcess  # noqa: E402
-from watchdog.routers import create  # noqa: E402
+from watchdog.config import SiteConfig
+from watchdog.lab.haproxy import HaproxyLab
+from watchdog.lab.load import LoadClient, Sample
+from watchdog.lab.nginx import NginxLab
+from watchdog.lab.standin import StandinProcess
+from watchdog.routers import create
 
 Switch = Callable[[str], Awaitable[None]]  # switch(to_color)
 

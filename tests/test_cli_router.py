@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from watchdog.config import SiteConfig
 from watchdog.lab.haproxy import HaproxyLab
 from watchdog.lab.procs import free_port
 from watchdog.routers.haproxy import HaproxyRouter
-from watchdog.config import SiteConfig
 
 pytestmark = pytest.mark.lab
 
@@ -128,10 +128,10 @@ async def test_router_refuses_while_the_daemon_owns_a_rollout_unless_forced(
     assert await haproxy_weights(haproxy) == {"blue": 50, "green": 50}
 
 
-async def test_router_reports_an_unreachable_socket(config: Path, tmp_path: Path) -> None:
+def test_router_reports_an_unreachable_socket(config: Path, tmp_path: Path) -> None:
     text = config.read_text().replace("admin.sock", "missing.sock")
     config.write_text(text)
-    result = await cli("router", "odoo", "-c", str(config))
+    result = asyncio.run(cli("router", "odoo", "-c", str(config)))
     assert result.returncode == 1
     assert "cannot connect to HAProxy runtime API" in result.stderr
     assert "Traceback" not in result.stderr

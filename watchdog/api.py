@@ -77,8 +77,8 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]],
         if key not in data:
             raise BadRequest(f"missing field {key!r}")
     for key, kind in fields.items():
-        if key in data and not isinstance(data[key], kind) or (
-                key in data and isinstance(data[key], bool) and kind is not bool):
+        if key in data and (not isinstance(data[key], kind) or (
+                isinstance(data[key], bool) and kind is not bool)):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
             raise BadRequest(f"field {key!r} must be {_kind_name(names)}")
     return data

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from watchdog import __version__, routers
-from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.cli_ops import add_client_commands
+from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 from watchdog.store import StoreError
 

@@ -22,10 +22,10 @@ def client_from(args: argparse.Namespace) -> Client:
         try:
             loaded = load(Path(args.config))
         except ConfigError as exc:
-            raise SystemExit(_fail("\n".join(str(p) for p in exc.problems)))
+            raise SystemExit(_fail("\n".join(str(p) for p in exc.problems))) from None
         host, port = loaded.config.api.host_port
         if url is None:
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         token_file = loaded.config.api.token_file
         if token_file is not None and not token_file.is_absolute():

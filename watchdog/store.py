@@ -43,6 +43,17 @@ CREATE INDEX IF NOT EXISTS events_by_site ON events (site, id);
 """
 
 
+INSERT_EVENT = (
+    "INSERT INTO events (at, site, rollout_id, kind, phase_from, phase_to, weights, rule, value, "
+    "threshold, actor, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _event_row(at: float, site: str, e: Event) -> tuple[Any, ...]:
+    return (at, site, e.rollout_id, e.kind, e.phase_from, e.phase_to, json.dumps(e.weights),
+            e.rule, e.value, e.threshold, e.actor, e.message)
+
+
 class StoreError(RuntimeError):
     pass
 
@@ -95,14 +106,8 @@ class Store:
                     "updated_at = excluded.updated_at",
                     (state.site, state_to_json(state), now),
                 )
-                self._db.executemany(
-                    "INSERT INTO events (at, site, rollout_id, kind, phase_from, phase_to, "
-                    "weights, rule, value, threshold, actor, message) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(now, state.site, e.rollout_id, e.kind, e.phase_from, e.phase_to,
-                      json.dumps(e.weights), e.rule, e.value, e.threshold, e.actor, e.message)
-                     for e in events],
-                )
+                self._db.executemany(INSERT_EVENT,
+                                     [_event_row(now, state.site, e) for e in events])
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
@@ -112,13 +117,8 @@ class Store:
     def record(self, site: str, event: Event, at: float | None = None) -> None:
         """An event that changes no state (drift repaired, router error, reload)."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO events (at, site, rollout_id, kind, phase_from, phase_to, weights, "
-                "rule, value, threshold, actor, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time() if at is None else at, site, event.rollout_id, event.kind,
-                 event.phase_from, event.phase_to, json.dumps(event.weights), event.rule,
-                 event.value, event.threshold, event.actor, event.message),
-            )
+            self._db.execute(INSERT_EVENT,
+                             _event_row(time.time() if at is None else at, site, event))
 
     def events(self, site: str, limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` events of a site, oldest first."""

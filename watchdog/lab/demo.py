@@ -1,221 +1,184 @@
-"""`make demo`: the lab, live. Real Prometheus, two Odoo stand-ins, constant load, and the rule
-evaluator ticking every second against the green colour while faults are injected into it.
+"""`make demo`: the lab with a real canary and a real automatic rollback.
 
-Until the rollout engine exists, this shows the part that decides: rules measured by their real
-sources, judged by the evaluator, going ok -> pending -> firing -> ok, with the reason printed.
+Two Odoo stand-ins (blue 16.0, green 17.0) behind a real HAProxy 2.6, Prometheus 2.42 scraping
+HAProxy's exporter every second, constant load through the proxy, and the odoo-watchdog daemon
+as a real process. Two rollouts:
+
+1. blue -> green, 10% -> 50% -> 100%, bake, promoted;
+2. green -> blue, where blue starts answering 30% HTTP 500 at 50%: the daemon rolls back.
+
+Every decision the daemon takes is printed as it happens, from its own audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from watchdog.config import HttpRule, PrometheusRule
-from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
-from watchdog.lab.standin import StandinProcess, aset_faults
-from watchdog.rules import RuleStatus, State, evaluate
-from watchdog.sources.base import Target
-from watchdog.sources.http import HttpSource
-from watchdog.sources.prometheus import PrometheusSource
-
-DEMO_RULES: list[Any] = [
-    PrometheusRule.model_validate({
-        "name": "error_rate",
-        "source": "prometheus",
-        "query": (
-            '(sum(rate(odoo_standin_http_requests_total{color="{{ color }}",code=~"5.."}[5s]))'
-            " or vector(0))"
-            ' / sum(rate(odoo_standin_http_requests_total{color="{{ color }}"}[5s]))'
-        ),
-        "max": 0.05,
-        "for": "5s",
-        "on_fire": "rollback",
-    }),
-    PrometheusRule.model_validate({
-        "name": "p95_latency",
-        "source": "prometheus",
-        "query": (
-            "histogram_quantile(0.95, sum by (le) (rate("
-            'odoo_standin_http_request_duration_seconds_bucket{color="{{ color }}"}[5s])))'
-        ),
-        "max": 0.5,
-        "for": "5s",
-    }),
-    HttpRule.model_validate({
-        "name": "health", "source": "http", "path": "/web/health", "timeout": "1s",
-        "min": 1, "for": "3s",
-    }),
-]
+from watchdog.client import ApiError
+from watchdog.config import SiteConfig
+from watchdog.lab.load import LoadClient
+from watchdog.lab.stack import LabStack
+from watchdog.lab.standin import set_faults
+from watchdog.routers import create
 
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-class Evaluator:
-    """Measure every demo rule for one colour each second and print what changes."""
+class Watcher:
+    """Prints each new audit-log event and each rule state change of the site."""
 
-    def __init__(self, prometheus_url: str, target: Target) -> None:
-        self.target = target
-        self.sources: dict[str, Any] = {
-            "prometheus": PrometheusSource(prometheus_url, timeout=2),
-            "http": HttpSource(),
-        }
-        self.status = {rule.name: RuleStatus() for rule in DEMO_RULES}
-        self.first: dict[tuple[str, State], float] = {}
+    def __init__(self, lab: LabStack) -> None:
+        self.lab = lab
+        self.seen = 0
+        self.rules: dict[tuple[str, str], str] = {}
 
-    async def tick(self) -> None:
-        results = await asyncio.gather(
-            *(self.sources[r.source].measure(r, self.target) for r in DEMO_RULES)
-        )
-        now = time.monotonic()
-        for rule, measurement in zip(DEMO_RULES, results, strict=True):
-            before = self.status[rule.name]
-            after = evaluate(rule, before, measurement, now)
-            self.status[rule.name] = after
-            if after.state is not before.state:
-                self.first.setdefault((rule.name, after.state), now)
-                value = "no data" if after.value is None else f"{after.value:.3g}"
-                say(f"  rule {rule.name:<12} {before.state.label:>8} -> {after.state.label:<8}"
-                    f" value {value} (threshold {rule.threshold_text()}, for "
-                    f"{rule.for_:g}s; {measurement.detail})")
+    def poll(self) -> dict[str, Any]:
+        site: dict[str, Any] = self.lab.client().get("/api/v1/sites/odoo")
+        for event in site.get("events", []):
+            if event["id"] > self.seen:
+                self.seen = event["id"]
+                say(f"  daemon: {event['kind']:<14} {event['message']}")
+        for rule in site.get("rules", []):
+            key = (rule["name"], rule["color"])
+            if self.rules.get(key) != rule["state"]:
+                if key in self.rules or rule["state"] != "ok":
+                    value = "no data" if rule["value"] is None else f"{rule['value']:.3g}"
+                    say(f"  rule {rule['name']} on {rule['color']}: {rule['state']} "
+                        f"(value {value}, threshold {rule['threshold']})")
+                self.rules[key] = rule["state"]
+        return site
 
-    async def until(self, check: Callable[[], bool], timeout: float) -> bool:
+    async def until(self, phases: set[str], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            await self.tick()
-            if check():
-                return True
-            await asyncio.sleep(1.0)
-        return False
-
-    def state(self, name: str) -> State:
-        return self.status[name].state
-
-    async def close(self) -> None:
-        for source in self.sources.values():
-            await source.close()
+        while True:
+            site = self.poll()
+            if site["phase"] in phases:
+                return site
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"phase {site['phase']} after {timeout:g}s, "
+                                   f"wanted {sorted(phases)}")
+            await asyncio.sleep(0.25)
 
 
-async def load(urls: list[str], stop: asyncio.Event, counts: dict[str, int]) -> None:
-    """About 40 requests a second to each colour, as users through the proxy would send."""
-    async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
-            url = random.choice(urls)
-            path = random.choice(["/web/login", "/web/health", "/web/webclient/version_info"])
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                method = "POST" if "version_info" in path else "GET"
-                async with session.request(method, url + path, json={} if method == "POST"
-                                           else None) as resp:
-                    await resp.read()
-                    key = "5xx" if resp.status >= 500 else "ok"
-                    counts[key] = counts.get(key, 0) + 1
-            await asyncio.sleep(0.0125)
+def haproxy_router(lab: LabStack) -> Any:
+    assert lab.haproxy is not None
+    return create("odoo", SiteConfig.model_validate({
+        "router": {"kind": "haproxy", "socket": str(lab.haproxy.admin_socket), "backend": "odoo"},
+        "colors": {"blue": {"server": "odoo-blue", "url": lab.blue.url},
+                   "green": {"server": "odoo-green", "url": lab.green.url}},
+    }))
 
 
 async def scenario(workdir: Path) -> int:
-    say("odoo-watchdog lab demo: real Prometheus, two Odoo stand-ins, the rule evaluator")
-    blue = StandinProcess("blue", workdir, version="16.0")
-    green = StandinProcess("green", workdir, version="17.0")
-    prometheus: PrometheusLab | None = None
-    stop = asyncio.Event()
-    counts: dict[str, int] = {}
-    loader: asyncio.Task[None] | None = None
-    evaluator: Evaluator | None = None
+    say("odoo-watchdog demo: a canary that is promoted, then one that is rolled back")
+    lab = LabStack(workdir, interval="1s", scrape="1s", window="5s", error_for="2s",
+                   steps=[{"weight": 10, "hold": "5s"}, {"weight": 50, "hold": "8s"},
+                          {"weight": 100}], bake="5s")
+    load: LoadClient | None = None
     try:
-        for standin in (blue, green):
-            standin.start()
-            say(f"started Odoo stand-in {standin.color} (version {standin.version}) at "
-                f"{standin.url}, pid {standin.pid}")
-        prometheus = PrometheusLab(workdir / "prometheus", scrape_interval="1s", jobs=[
-            ScrapeJob("odoo-standin", [f"127.0.0.1:{s.port}" for s in (blue, green)],
-                      metrics_path="/__lab__/metrics"),
-        ])
-        prometheus.start()
-        say(f"started Prometheus 2.42 at {prometheus.url}, pid {prometheus.pid}, "
-            "scraping both stand-ins every 1s")
-        loader = asyncio.create_task(load([blue.url, green.url], stop, counts))
-        say("sending constant load (~80 requests/s) to both colours")
-        target = Target(site="odoo", color="green", server="odoo-green", backend="odoo",
-                        url=green.url, interval=1.0)
-        evaluator = Evaluator(prometheus.url, target)
-        say("rules, evaluated every second for the candidate colour (green):")
-        for rule in DEMO_RULES:
-            say(f"  {rule.name:<12} {rule.source:<10} breach when not {rule.threshold_text()},"
-                f" fires after {rule.for_:g}s")
+        say("starting the lab: two Odoo stand-ins, HAProxy 2.6, Prometheus 2.42 (1s scrape)")
+        await asyncio.to_thread(lab.start, False)
+        assert lab.haproxy is not None and lab.prometheus is not None
+        say(f"  blue  (Odoo 16.0) {lab.blue.url}  pid {lab.blue.pid}")
+        say(f"  green (Odoo 17.0) {lab.green.url}  pid {lab.green.pid}")
+        say(f"  HAProxy {lab.proxy_url}  pid {lab.haproxy.pid}; Prometheus {lab.prometheus.url}"
+            f"  pid {lab.prometheus.pid}")
+        await asyncio.to_thread(lab.start_daemon)
+        assert lab.daemon is not None
+        say(f"  odoo-watchdog daemon {lab.api_url}  pid {lab.daemon.pid}, tick 1s, rules: "
+            "error_rate (5xx share <= 5% for 2s), health (/web/health for 2s)")
+        load = await LoadClient(lab.proxy_url, "/web/login", concurrency=4, delay=0.01,
+                                max_seconds=280).start()
+        say("constant load through HAProxy: 4 concurrent users, new connection per request")
+        watcher = Watcher(lab)
+        watcher.poll()
+        await asyncio.sleep(2)
 
-        say("waiting for every rule to be ok on healthy traffic ...")
-        if not await evaluator.until(
-            lambda: all(evaluator.state(r.name) is State.OK for r in DEMO_RULES), 30
-        ):
-            say("rules did not settle to ok within 30s; stopping")
+        say("")
+        say("ROLLOUT 1: blue -> green (Odoo 17.0), canary 10% -> 50% -> 100%, bake 5s")
+        t1 = time.monotonic()
+        lab.client().post("/api/v1/sites/odoo/rollouts", {"to": "green", "version": "17.0"})
+        site = await watcher.until({"promoted", "rolled_back", "aborted"}, 90)
+        if site["phase"] != "promoted":
+            say(f"rollout 1 ended {site['phase']}, not promoted: the demo failed")
             return 1
-        say("all rules ok")
+        first_took = time.monotonic() - t1
+        say(f"rollout 1 promoted in {first_took:.1f}s; green serves 100%")
 
-        say("FAULT: injecting 30% HTTP 500 answers into green")
-        injected = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            await aset_faults(session, green.url, error_rate=0.3)
-        fired = await evaluator.until(lambda: evaluator.state("error_rate") is State.FIRING, 40)
-        if not fired:
-            say("error_rate did not fire within 40s: the demo failed")
+        say("")
+        say("ROLLOUT 2: green -> blue (Odoo 18.0 hotfix), the candidate breaks at 50%")
+        lab.client().post("/api/v1/sites/odoo/rollouts", {"to": "blue", "version": "18.0"})
+        deadline = time.monotonic() + 60
+        while watcher.poll()["weights"]["blue"] < 50:
+            if time.monotonic() > deadline:
+                say("rollout 2 never reached 50%: the demo failed")
+                return 1
+            await asyncio.sleep(0.2)
+        router = haproxy_router(lab)
+        await asyncio.sleep(1.0)
+        say("FAULT: blue starts answering 30% of requests with HTTP 500")
+        fault_at = time.monotonic()
+        mark = load.mark()
+        await asyncio.to_thread(set_faults, lab.blue.url, error_rate=0.3)
+        rolled_back_at = None
+        while time.monotonic() - fault_at < 60:
+            if (await router.get_weights())["blue"] == 0:
+                rolled_back_at = time.monotonic()
+                break
+            watcher.poll()
+            await asyncio.sleep(0.05)
+        if rolled_back_at is None:
+            say("no rollback within 60s: the demo failed")
             return 1
-        pending_at = evaluator.first.get(("error_rate", State.PENDING), injected)
-        firing_at = evaluator.first[("error_rate", State.FIRING)]
-        say(f"error_rate: pending {pending_at - injected:.1f}s after the fault, firing "
-            f"{firing_at - injected:.1f}s after it (for: 5s) -> the daemon would roll back now")
-
-        say("clearing the fault")
-        async with aiohttp.ClientSession() as session:
-            await aset_faults(session, green.url, error_rate=0.0)
-        await evaluator.until(lambda: evaluator.state("error_rate") is State.OK, 30)
-
-        say("FAULT: green goes down (every answer 503, /web/health included)")
-        down_at = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            await aset_faults(session, green.url, down=True)
-        if not await evaluator.until(lambda: evaluator.state("health") is State.FIRING, 30):
-            say("health did not fire within 30s: the demo failed")
-            return 1
-        say(f"health: firing {evaluator.first[('health', State.FIRING)] - down_at:.1f}s after "
-            "green went down (for: 3s)")
-        async with aiohttp.ClientSession() as session:
-            await aset_faults(session, green.url, down=False)
-        await evaluator.until(lambda: evaluator.state("health") is State.OK, 20)
-
-        say(f"summary: {counts.get('ok', 0)} requests answered, {counts.get('5xx', 0)} with "
-            f"5xx during the faults; error_rate fired {firing_at - injected:.1f}s after 30% 5xx "
-            f"began, health fired {evaluator.first[('health', State.FIRING)] - down_at:.1f}s "
-            "after green went down")
+        during = load.window(mark)
+        failed_during = [s for s in during.samples if s.failed and s.at <= rolled_back_at]
+        site = await watcher.until({"rolled_back"}, 20)
+        await asyncio.to_thread(set_faults, lab.blue.url, error_rate=0.0)
+        await asyncio.sleep(1)
+        total = load.window(0)
+        say("")
+        say("SUMMARY")
+        say(f"  rollout 1: promoted blue -> green in {first_took:.1f}s, "
+            "every step read back from HAProxy")
+        say(f"  rollout 2: fault injected into blue at 50%; HAProxy had blue at 0% "
+            f"{rolled_back_at - fault_at:.1f}s later (rule: 5xx share > 5% for 2s, "
+            "1s scrape, 1s tick)")
+        say(f"  requests that failed between the fault and the rollback: {len(failed_during)} "
+            f"of {len([s for s in during.samples if s.at <= rolled_back_at])}")
+        say(f"  requests through HAProxy in the whole demo: {total.total}, failed: "
+            f"{len(total.failed)} (all of them the injected 500s)")
+        say("  the runbook's loop checks every 60s: it would have noticed after 0-60s, "
+            "and then a person runs the rollback script")
+        say(f"  final: {site['phase']}, live {site['live']}, weights "
+            f"blue {site['weights']['blue']}% / green {site['weights']['green']}%")
+        await router.close()
         return 0
+    except (ApiError, TimeoutError) as exc:
+        say(f"the demo failed: {exc}")
+        if lab.daemon is not None:
+            print(lab.daemon.tail(40), file=sys.stderr)
+        return 1
     finally:
-        stop.set()
-        if loader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
-        if evaluator is not None:
-            await evaluator.close()
-        say("stopping Prometheus and the stand-ins (by pid)")
-        if prometheus is not None:
-            prometheus.stop()
-        blue.stop()
-        green.stop()
+        if load is not None:
+            await load.stop()
+        say("stopping the daemon, Prometheus, HAProxy and the stand-ins (by pid)")
+        await asyncio.to_thread(lab.stop)
 
 
 def run_demo(keep: bool = False) -> int:
-    if shutil.which("prometheus") is None:
-        print("prometheus is not installed: run `make demo` (it installs it) or "
-              "apt-get install -y prometheus", file=sys.stderr)
+    missing = [p for p in ("prometheus", "haproxy") if shutil.which(p) is None]
+    if missing:
+        print(f"missing programs: {', '.join(missing)}: run `make demo` (it installs them)",
+              file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="odoo-watchdog-demo-"))
     try:
@@ -224,4 +187,5 @@ def run_demo(keep: bool = False) -> int:
         return 130
     finally:
         if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(workdir, ignore_errors=True)

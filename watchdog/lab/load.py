@@ -65,6 +65,7 @@ class LoadClient:
         max_seconds: float = 300.0,
         max_requests: int = 1_000_000,
         timeout: float = 5.0,
+        delay: float = 0.0,
     ) -> None:
         host = urlsplit(url).hostname or ""
         if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
@@ -74,6 +75,7 @@ class LoadClient:
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.timeout = timeout
+        self.delay = delay  # seconds each worker waits between requests (0: as fast as it can)
         self.samples: list[Sample] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,6 +109,8 @@ class LoadClient:
                     Sample(time.monotonic(), 0, None, time.monotonic() - start,
                            f"{type(exc).__name__}: {exc}")
                 )
+            if self.delay:
+                await asyncio.sleep(self.delay)
 
     def mark(self) -> int:
         return len(self.samples)

@@ -30,8 +30,10 @@ rules:
   - name: error_rate
     source: prometheus
     query: |
-      sum(rate(haproxy_server_http_responses_total{{proxy="{{{{ backend }}}}",server="{{{{ server }}}}",code="5xx"}}[{window}]))
-      / sum(rate(haproxy_server_http_responses_total{{proxy="{{{{ backend }}}}",server="{{{{ server }}}}"}}[{window}]))
+      sum(rate(haproxy_server_http_responses_total{{
+        proxy="{{{{ backend }}}}",server="{{{{ server }}}}",code="5xx"}}[{window}]))
+      / sum(rate(haproxy_server_http_responses_total{{
+        proxy="{{{{ backend }}}}",server="{{{{ server }}}}"}}[{window}]))
     max: 0.05
     for: {error_for}
     no_data: hold

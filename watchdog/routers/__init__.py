@@ -1,6 +1,6 @@
 """Traffic switches, one module per `router.kind`, behind one `Router` protocol."""
 
-from watchdog.routers import haproxy
+from watchdog.routers import haproxy, nginx, traefik
 from watchdog.routers.base import (
     Router,
     RouterError,
@@ -23,7 +23,9 @@ __all__ = [
     "format_weights",
     "haproxy",
     "kinds",
+    "nginx",
     "parse_weights",
     "register",
+    "traefik",
     "validate_weights",
 ]

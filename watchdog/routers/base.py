@@ -7,7 +7,11 @@ before any router is touched.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from watchdog.config import COLORS, SiteConfig
@@ -70,6 +74,31 @@ def percentages(raw: Mapping[str, float]) -> Weights:
         raise RouterError("no colour takes traffic: every weight is 0 or in maintenance")
     blue = round(100 * raw.get("blue", 0) / total)
     return {"blue": blue, "green": 100 - blue}
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a reader sees the old or the new file, never half.
+
+    The temp file is in the same directory (rename is atomic only within one file system) and
+    its name ends in `.tmp`, so an `include conf.d/*.conf` never picks it up.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
 
 
 class Router(Protocol):

@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from watchdog.config import COLORS, HaproxyRouter as HaproxyConfig, SiteConfig
+from watchdog.config import COLORS, SiteConfig
+from watchdog.config import HaproxyRouter as HaproxyConfig
 from watchdog.routers.base import (
     RouterError,
     Weights,
     percentages,
     register,
     validate_weights,
+    write_atomic,
 )
 
 # srv_admin_state bits (HAProxy's server.h): forced/inherited/config maintenance,
@@ -195,7 +195,7 @@ class HaproxyRouter:
         answer = await self.api.send("show servers state")
         if not answer.lstrip().startswith("1"):
             raise RouterError(f"HAProxy did not return a server state to save: {answer[:200]!r}")
-        await asyncio.to_thread(_write_atomic, path, answer.rstrip("\n") + "\n")
+        await asyncio.to_thread(write_atomic, path, (answer.rstrip("\n") + "\n").encode())
 
     # ---------------------------------------------------------------- checking
 
@@ -270,20 +270,6 @@ def parse_servers_state(answer: str, backend: str) -> dict[str, ServerState]:
         except (KeyError, ValueError) as exc:
             raise RouterError(f"cannot read HAProxy server state line {line!r}: {exc}") from None
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @register("haproxy")
