@@ -4,9 +4,9 @@
 2. odoo-watchdog's nginx router (render the upstream it owns, `nginx -t`, reload, read back).
 3. The runbook's way: `sed -i` on the nginx conf, `nginx -t`, `nginx -s reload` from bash.
 
-Each proxy fronts the same two Odoo stand-ins and gets constant load (new connection per
-request, no cookies) while the split flips 100/0 <-> 0/100 `--switches` times. Printed per way:
-the time the switch call takes, the time until the new colour serves (the first request sent
+Each proxy fronts the same two Odoo stand-ins and gets constant load from a separate process
+(8 concurrent clients, new connection per request, no cookies) while the split flips
+100/0 <-> 0/100 `--switches` times. Printed per way: the time the switch call takes, the time until the new colour serves (the first request sent
 after the call started that the new colour answered), the time until the old colour serves no
 request sent after the call started, and the failed requests.
 
@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchdog.config import SiteConfig
 from watchdog.lab.haproxy import HaproxyLab
-from watchdog.lab.load import LoadClient, Sample
+from watchdog.lab.load import Sample, read_samples
 from watchdog.lab.nginx import NginxLab
 from watchdog.lab.standin import StandinProcess
 from watchdog.routers import create
 
+VERBOSE = False
 Switch = Callable[[str], Awaitable[None]]  # switch(to_color)
 
 
@@ -57,27 +58,45 @@ def colors_site(blue: StandinProcess, green: StandinProcess, router: dict[str, o
     })
 
 
-async def measure(name: str, url: str, switch: Switch, switches: int) -> Result:
+async def measure(name: str, url: str, switch: Switch, switches: int, workdir: Path) -> Result:
+    """Load from a separate process (as users are), switches timed in this one. Both read
+    CLOCK_MONOTONIC, which is system-wide, so their times compare."""
     result = Result(name)
-    async with LoadClient(url, concurrency=8, max_seconds=600) as load:
-        await load.wait_count(300)
-        first = load.mark()
-        to = "green"
-        for _ in range(switches):
-            old = "blue" if to == "green" else "green"
-            t0 = time.monotonic()
-            await switch(to)
-            result.calls.append(time.monotonic() - t0)
-            await asyncio.sleep(0.6)  # steady load after the switch
-            after: list[Sample] = [s for s in load.samples[first:] if s.at - s.latency >= t0]
-            new = [s.at - t0 for s in after if s.color == to]
-            stale = [s.at - s.latency - t0 for s in after if s.color == old]
-            result.first_new.append(min(new) if new else float("nan"))
-            result.last_old.append(max(stale) if stale else 0.0)
-            to = old
-        window = load.window(first)
-        result.failed = len(window.failed)
-        result.requests = window.total
+    out = workdir / f"load-{len(name)}-{time.monotonic_ns()}.jsonl"
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watchdog.lab.load", url, "--concurrency", "8",
+        "--seconds", "600", "--out", str(out))
+    await asyncio.sleep(1.5)
+    marks: list[tuple[float, str, str]] = []
+    to = "green"
+    for _ in range(switches):
+        old = "blue" if to == "green" else "green"
+        t0 = time.monotonic()
+        await switch(to)
+        result.calls.append(time.monotonic() - t0)
+        marks.append((t0, to, old))
+        await asyncio.sleep(0.6)  # steady load after the switch
+        to = old
+    end = time.monotonic()
+    load.terminate()
+    await load.wait()
+    samples = [s for s in read_samples(str(out)) if marks[0][0] <= s.at - s.latency <= end]
+    for index, (t0, new_color, old) in enumerate(marks):
+        t_next = marks[index + 1][0] if index + 1 < len(marks) else end
+        # Requests sent in the last 50 ms before the next switch may reach the proxy after it:
+        # leave them out, or they would count as the old colour still serving.
+        after: list[Sample] = [s for s in samples if t0 <= s.at - s.latency < t_next - 0.05]
+        new = [s.at - t0 for s in after if s.color == new_color]
+        stale = [s.at - s.latency - t0 for s in after if s.color == old]
+        result.first_new.append(min(new) if new else float("nan"))
+        result.last_old.append(max(stale) if stale else 0.0)
+        if VERBOSE:
+            late = sorted(round(v * 1000) for v in stale)
+            print(f"  switch to {new_color}: {len(after)} requests, {len(stale)} to {old} "
+                  f"(started +{late[:3]}..{late[-3:]} ms)" if stale else
+                  f"  switch to {new_color}: {len(after)} requests, none to {old}")
+    result.failed = sum(1 for s in samples if s.failed)
+    result.requests = len(samples)
     return result
 
 
@@ -149,15 +168,15 @@ async def run(switches: int, workdir: Path) -> list[Result]:
         results = []
         print("measuring: odoo-watchdog HAProxy router ...", flush=True)
         results.append(await measure("odoo-watchdog HAProxy router", hap.url, hap_switch,
-                                     switches))
+                                     switches, workdir))
         print("measuring: odoo-watchdog nginx router ...", flush=True)
         results.append(await measure("odoo-watchdog nginx router", ours.url, ngx_switch,
-                                     switches))
+                                     switches, workdir))
         print("measuring: runbook sed -i + nginx -s reload ...", flush=True)
         results.append(await measure(
             "runbook: sed -i + nginx reload", theirs.url,
             runbook_switch(theirs_file, theirs, {"blue": blue.port, "green": green.port}),
-            switches))
+            switches, workdir))
         await hap_router.close()
         await ngx_router.close()
         return results
@@ -171,7 +190,10 @@ async def run(switches: int, workdir: Path) -> list[Result]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--switches", type=int, default=20)
+    parser.add_argument("--verbose", action="store_true", help="per-switch figures")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     with tempfile.TemporaryDirectory(prefix="bench-switch-") as tmp:
         results = asyncio.run(run(args.switches, Path(tmp)))
     print()
@@ -181,6 +203,8 @@ def main() -> int:
             f"{'old gone p50':>13}{'old gone max':>13}{'failed':>8}{'requests':>10}")
     print(head)
     for r in results:
+        if args.verbose:
+            print(r.name, [round(v * 1000, 1) for v in r.last_old])
         print(f"{r.name:<32}{ms(r.calls, 0.5):>9}{ms(r.calls, 0.95):>9}"
               f"{ms(r.first_new, 0.5):>15}{ms(r.last_old, 0.5):>13}{ms(r.last_old, 1.0):>13}"
               f"{r.failed:>8}{r.requests:>10}")

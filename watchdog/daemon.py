@@ -37,7 +37,7 @@ from watchdog.rollout import (
     SiteState,
     Tick,
 )
-from watchdog.rules import RuleStatus, State, evaluate
+from watchdog.rules import RuleStatus, evaluate
 from watchdog.sources import Source, Target, create_all, measure_all
 from watchdog.store import Store
 

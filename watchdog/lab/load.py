@@ -143,3 +143,49 @@ class LoadClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a LoadClient as its own process (benchmarks), writing samples as JSON lines at the
+    end: `python -m watchdog.lab.load URL --out FILE`; SIGTERM ends it early."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("url")
+    parser.add_argument("--path", default="/web/health")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    async def run() -> list[Sample]:
+        client = LoadClient(args.url, args.path, concurrency=args.concurrency,
+                            max_seconds=args.seconds, delay=args.delay)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await client.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.seconds)
+        await client.stop()
+        return client.samples
+
+    samples = asyncio.run(run())
+    with open(args.out, "w") as out:
+        for s in samples:
+            out.write(json.dumps([s.at, s.status, s.color, s.latency, s.error]) + "\n")
+    return 0
+
+
+def read_samples(path: str) -> list[Sample]:
+    import json
+
+    with open(path) as handle:
+        return [Sample(*json.loads(line)) for line in handle if line.strip()]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,11 +76,12 @@ def percentages(raw: Mapping[str, float]) -> Weights:
     return {"blue": blue, "green": 100 - blue}
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Replace `path` with `data` so that a reader sees the old or the new file, never half.
 
     The temp file is in the same directory (rename is atomic only within one file system) and
-    its name ends in `.tmp`, so an `include conf.d/*.conf` never picks it up.
+    its name ends in `.tmp`, so an `include conf.d/*.conf` never picks it up. `durable`
+    fsyncs the data and the directory, so the new file also survives a power cut.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -88,12 +89,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut

@@ -126,12 +126,15 @@ class HaproxyRouter:
         self.servers = {color: site.colors[color].server for color in COLORS}
         self.api = RuntimeApi(config.socket, config.timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}
+        self._verified = False
 
     # ---------------------------------------------------------------- reading
 
     async def server_states(self) -> dict[str, ServerState]:
         """Our two servers' state from `show servers state <backend>`, by colour."""
-        answer = await self.api.send(f"show servers state {self.backend}")
+        return self._ours(await self.api.send(f"show servers state {self.backend}"))
+
+    def _ours(self, answer: str) -> dict[str, ServerState]:
         self._raise_for(answer, server="*")
         found = parse_servers_state(answer, self.backend)
         out = {}
@@ -140,6 +143,7 @@ class HaproxyRouter:
                 raise RouterError(f"HAProxy backend {self.backend} has no server {server} "
                                   f"(the {color} colour); it has: {', '.join(found) or 'none'}")
             out[color] = found[server]
+        self._verified = True
         return out
 
     async def get_weights(self) -> Weights:
@@ -153,9 +157,13 @@ class HaproxyRouter:
         for task in self._drains.values():
             task.cancel()
         self._drains.clear()
-        before = await self.server_states()
-        # The colour that gains traffic first: never a moment with no server for new requests.
-        order = sorted(COLORS, key=lambda c: wanted[c] - before[c].effective, reverse=True)
+        if not self._verified:
+            # Once, before the first change: both servers exist and answer, so a typo in a
+            # server name fails here, before any command of the switch has been applied.
+            await self.server_states()
+        # Colours that keep or gain traffic first, the one going to 0 last: whatever the split
+        # was before, some server takes new requests at every point of the command line.
+        order = sorted(COLORS, key=lambda c: wanted[c] == 0)
         commands: list[str] = []
         for color in order:
             target = f"{self.backend}/{self.servers[color]}"
@@ -165,15 +173,24 @@ class HaproxyRouter:
             else:
                 state = "drain" if drain else "maint"
                 commands += [f"set server {target} weight 0", f"set server {target} state {state}"]
-        answer = await self.api.send("; ".join(commands))
-        self._raise_for(answer, server=", ".join(self.servers[c] for c in order))
-        got = await self.get_weights()
+        # One round trip: the switch, then `show servers state` (every backend), which is both
+        # the read-back and the content of the state file.
+        answer = await self.api.send("; ".join([*commands, "show servers state"]))
+        try:
+            self._raise_for(answer, server=", ".join(self.servers[c] for c in order))
+        except RouterError:
+            self._verified = False
+            await self.server_states()  # names the missing server or backend, if that is it
+            raise
+        everything = answer[answer.find("\n1\n") + 1:] if not answer.startswith("1\n") else answer
+        got = percentages({color: float(s.effective)
+                           for color, s in self._ours(everything).items()})
         if got != wanted:
             raise RouterError(
                 f"HAProxy backend {self.backend} reports blue={got['blue']},green={got['green']} "
                 f"after setting blue={wanted['blue']},green={wanted['green']}"
             )
-        await self.save_state()
+        await self._save(everything)
         if drain:
             for color in COLORS:
                 if wanted[color] == 0 and self.config.drain_timeout > 0:
@@ -192,10 +209,18 @@ class HaproxyRouter:
         path = self.config.state_file
         if path is None:
             return
-        answer = await self.api.send("show servers state")
+        await self._save(await self.api.send("show servers state"))
+
+    async def _save(self, answer: str) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
         if not answer.lstrip().startswith("1"):
             raise RouterError(f"HAProxy did not return a server state to save: {answer[:200]!r}")
-        await asyncio.to_thread(write_atomic, path, (answer.rstrip("\n") + "\n").encode())
+        # No fsync: the file only has to outlive an HAProxy reload, not a power cut (after
+        # which the daemon's own store and reconcile put the split back).
+        await asyncio.to_thread(write_atomic, path, (answer.rstrip("\n") + "\n").encode(),
+                                0o644, False)
 
     # ---------------------------------------------------------------- checking
 
