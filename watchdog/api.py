@@ -40,7 +40,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "POST" and token is not None:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        # surrogateescape: a header with bytes that are not UTF-8 is simply a wrong token.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   expected.encode("utf-8", "surrogateescape")):
             return error(401, "missing or wrong bearer token")
     try:
         return await handler(request)
@@ -68,6 +70,8 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]],
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     for key in data:
@@ -89,8 +93,10 @@ def _kind_name(name: str) -> str:
 
 
 def actor(request: web.Request) -> str:
-    given = request.headers.get("X-Actor", "").strip()
-    return given[:64] if given else "api"
+    """Who asked, for the audit log: printable ASCII from X-Actor, at most 64 characters."""
+    given = request.headers.get("X-Actor", "")
+    clean = "".join(ch for ch in given if " " <= ch <= "~").strip()
+    return clean[:64] if clean else "api"
 
 
 def color_field(data: dict[str, Any], key: str = "to") -> str:
@@ -127,7 +133,7 @@ async def _command(request: web.Request, cmd: rollout.Command, status: int = 200
     name = request.match_info["site"]
     try:
         await daemon.command(name, cmd)
-    except ValueError as exc:
+    except rollout.BadCommand as exc:
         raise BadRequest(str(exc)) from None
     return web.json_response(daemon.site_view(name), status=status)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,11 @@ def client_from(args: argparse.Namespace) -> Client:
         token_file = loaded.config.api.token_file
         if token_file is not None and not token_file.is_absolute():
             token_file = Path(args.config).parent / token_file
-    return Client(url or "http://127.0.0.1:9721", read_token(token_file))
+    token = read_token(token_file)
+    if token is None and token_file is not None and "ODOO_WATCHDOG_TOKEN" not in os.environ:
+        print(f"warning: cannot read api.token_file {token_file}; sending no token",
+              file=sys.stderr)
+    return Client(url or "http://127.0.0.1:9721", token)
 
 
 def _fail(message: str) -> int:

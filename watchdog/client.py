@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import os
 import socket
@@ -42,6 +43,12 @@ class Client:
             self.actor = "cli"
 
     def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        try:
+            return self._request(method, path, payload)
+        except (ValueError, http.client.HTTPException) as exc:  # a malformed --url, a bad answer
+            raise ApiError(0, f"cannot talk to the daemon at {self.url}: {exc}") from None
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
         data = json.dumps(payload).encode() if payload is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         req.add_header("Content-Type", "application/json")

@@ -41,6 +41,10 @@ FINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED})
 PAUSE = "pause"
 
 
+class BadCommand(ValueError):
+    """A command that can never be right (an unknown colour): the API's 400."""
+
+
 class Conflict(Exception):
     """A command the current phase does not allow (the API's 409)."""
 
@@ -304,7 +308,7 @@ def _start(state: SiteState, cmd: Start, now: float, config: RolloutConfig) -> D
     if state.active:
         raise Conflict(f"a rollout of {state.site} is already {state.phase}", state.phase)
     if cmd.to not in COLORS:
-        raise ValueError(f"unknown colour {cmd.to!r}: colours are blue and green")
+        raise BadCommand(f"unknown colour {cmd.to!r}: colours are blue and green")
     if cmd.to == state.live:
         raise Conflict(f"{cmd.to} is already live on {state.site}; deploy to {other(cmd.to)}",
                        state.phase)
@@ -363,7 +367,7 @@ def _switch(state: SiteState, cmd: Switch, now: float) -> Decision:
         raise Conflict(f"{state.site} has a rollout {state.phase}: abort it first",
                        state.phase)
     if cmd.to not in COLORS:
-        raise ValueError(f"unknown colour {cmd.to!r}: colours are blue and green")
+        raise BadCommand(f"unknown colour {cmd.to!r}: colours are blue and green")
     if cmd.to == state.live and state.weights == all_to(cmd.to):
         raise Conflict(f"{cmd.to} already serves all of {state.site}", state.phase)
     b = _Builder(state)

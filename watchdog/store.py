@@ -109,10 +109,12 @@ class Store:
                 self._db.executemany(INSERT_EVENT,
                                      [_event_row(now, state.site, e) for e in events])
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise StoreError(f"cannot write the state store {self.path}: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write the state store {self.path}: {exc}") from None
+                raise
 
     def record(self, site: str, event: Event, at: float | None = None) -> None:
         """An event that changes no state (drift repaired, router error, reload)."""
