@@ -255,7 +255,8 @@ async def test_sites_lists_every_site_with_weights_phase_and_rule_states(
     resp = await api.get("/api/v1/sites")
     assert resp.status == 200
     data = await resp.json()
-    assert list(data) == ["sites"]
+    assert list(data) == ["sites", "config"]
+    assert data["config"]["last_reload_successful"] is True
     assert [s["site"] for s in data["sites"]] == ["odoo"]
     site = data["sites"][0]
     assert site["live"] == "blue"

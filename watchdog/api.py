@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watchdog import rollout
+from watchdog.alerts import PayloadError
 from watchdog.config import COLORS
 from watchdog.daemon import Daemon, UnknownSite
 
@@ -120,7 +121,24 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_sites(request: web.Request) -> web.Response:
-    return web.json_response({"sites": request.app[DAEMON].sites_view()})
+    daemon = request.app[DAEMON]
+    return web.json_response({"sites": daemon.sites_view(), "config": daemon.config_view()})
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    """Alertmanager's webhook. 4xx for anything wrong: Alertmanager retries only 5xx, so a
+    bad payload is refused once instead of looping."""
+    raw = await request.read()
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    try:
+        receipt = await request.app[DAEMON].receive_alerts(payload)
+    except PayloadError as exc:
+        request.app[DAEMON].metrics.alerts_received_total.labels("invalid").inc()
+        raise BadRequest(str(exc)) from None
+    return web.json_response({"status": "ok", **receipt.as_dict()})
 
 
 async def get_site(request: web.Request) -> web.Response:
@@ -177,4 +195,5 @@ def create_app(daemon: Daemon, token: str | None) -> web.Application:
     app.router.add_post("/api/v1/sites/{site}/promote", promote)
     app.router.add_post("/api/v1/sites/{site}/abort", abort)
     app.router.add_post("/api/v1/sites/{site}/switch", switch)
+    app.router.add_post("/api/v1/alertmanager", alertmanager)
     return app

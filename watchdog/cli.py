@@ -20,6 +20,7 @@ from watchdog import __version__, routers
 from watchdog.cli_ops import add_client_commands
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
+from watchdog.sdnotify import SdNotify
 from watchdog.store import StoreError
 
 
@@ -191,11 +192,26 @@ async def _serve(loaded: LoadedConfig, token: str | None) -> int:
     from watchdog.daemon import Daemon
 
     log = structlog.get_logger("odoo_watchdog")
-    daemon = Daemon(loaded)
+    try:
+        daemon = Daemon(loaded)
+    except ValueError as exc:  # a notify url_file that cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    notify = SdNotify()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    daemon.on_reload = lambda done: (notify.ready(_status(daemon)) if done
+                                     else notify.reloading())
     await daemon.start()
     runner = web.AppRunner(create_app(daemon, token), access_log=None)
     await runner.setup()
@@ -208,12 +224,26 @@ async def _serve(loaded: LoadedConfig, token: str | None) -> int:
         raise
     log.info("started", listen=loaded.config.api.listen, sites=list(loaded.config.sites),
              rules=len(loaded.rules), token=token is not None)
+    notify.ready(_status(daemon))  # after start(): the first reconcile is done
+    notify.start_watchdog(lambda: _status(daemon))
     await stop.wait()
+    notify.stopping()
     log.info("stopping", reason="signal")
     await runner.cleanup()
     await daemon.stop()
+    await notify.close()
     log.info("stopped")
     return 0
+
+
+def _status(daemon: Any) -> str:
+    """systemd's STATUS=: one line per site."""
+    parts = []
+    for name, runtime in daemon.sites.items():
+        w = runtime.state.weights
+        parts.append(f"{name}: {runtime.state.phase.value}, blue {w['blue']}% green "
+                     f"{w['green']}%")
+    return "; ".join(parts) if len(parts) > 1 else (parts[0] if parts else "no sites")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ Every `interval` each site ticks (one APScheduler job per site, never two at onc
 measure every rule for the target colour concurrently, judge them (`rules.py`), decide
 (`rollout.py`), store the decision *before* touching the router, carry out its actions, then
 reconcile: read the router's real split and put the desired one back if someone changed it.
-Operator commands take the same per-site lock, so a command and a tick never interleave.
+Measuring happens outside the site's lock; deciding, storing and acting inside it, which
+operator commands and Alertmanager webhooks take too, so none of them interleave.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog import odoo, rollout, routers
-from watchdog.config import COLORS, LoadedConfig, SiteConfig, load
+from watchdog import notify, odoo, reload, rollout, routers, views
+from watchdog.alerts import AlertBook, Receipt
+from watchdog.config import COLORS, ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.measurement import Measurement
 from watchdog.metrics import Metrics
 from watchdog.rollout import (
@@ -37,7 +39,7 @@ from watchdog.rollout import (
     SiteState,
     Tick,
 )
-from watchdog.rules import RuleStatus, evaluate
+from watchdog.rules import RuleStatus, State, evaluate
 from watchdog.sources import Source, Target, create_all, measure_all
 from watchdog.store import Store
 
@@ -74,8 +76,17 @@ class Daemon:
         self.scheduler: AsyncIOScheduler | None = None
         self.started = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.alerts = AlertBook()
+        # Secrets (url_file) are read now: a missing one stops the start with a clear error.
+        self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent))
+        self.reload_error: list[str] | None = None
+        self.reload_warnings: list[str] = []
+        self.last_reload_at = time.time()
+        self._signature = self._files_signature()
+        self._reload_lock = asyncio.Lock()
+        self.on_reload: Callable[[bool], None] | None = None  # sd_notify hook, set by `run`
         self.metrics.config_last_reload_successful.set(1)
-        self.metrics.config_last_reload_success_timestamp_seconds.set(time.time())
+        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
 
     @classmethod
     def from_file(cls, path: Path) -> Daemon:
@@ -105,6 +116,8 @@ class Daemon:
                 next_run_time=datetime.now(), misfire_grace_time=None,
             )
         self.scheduler.start()
+        self.notifier.start()
+        self._spawn(self._watch_files())
         self.started.set()
 
     async def stop(self) -> None:
@@ -118,6 +131,7 @@ class Daemon:
             task.cancel()
         for source in self.sources.values():
             await source.close()
+        await self.notifier.close()
         self.store.close()
 
     def healthy(self) -> bool:
@@ -131,18 +145,19 @@ class Daemon:
     # ---------------------------------------------------------------- ticks
 
     async def tick(self, name: str) -> None:
-        runtime = self.sites[name]
-        async with runtime.lock:
-            try:
-                await self._tick(runtime)
-            except Exception:  # a bug must not stop the schedule; it is logged loudly
-                log.exception("tick_failed", site=name)
+        runtime = self.sites.get(name)
+        if runtime is None:
+            return
+        try:
+            await self._tick(runtime)
+        except Exception:  # a bug must not stop the schedule; it is logged loudly
+            log.exception("tick_failed", site=name)
 
     async def _tick(self, runtime: SiteRuntime) -> None:
+        # Measure without the lock (it may take up to a source's timeout), decide with it.
         state = runtime.state
         target = state.target
-        views = await self._measure(runtime, target)
-        actual = await self._read(runtime)
+        measured = await self._measure(runtime, target)
         preflight = None
         if state.phase is Phase.PREFLIGHT:
             preflight = await self._preflight(runtime)
@@ -150,12 +165,60 @@ class Daemon:
         if state.previous is not None and state.can_fail_back(self.clock()):
             url = runtime.config.colors[state.previous].url
             previous_healthy, _ = await odoo.check_health_url(url)
-        decision = rollout.tick(state, Tick(self.clock(), views, actual, preflight,
-                                            previous_healthy))
-        await self._commit(runtime, decision)
-        await self._reconcile(runtime)
+        async with runtime.lock:
+            actual = await self._read(runtime)
+            if runtime.state.target == target and runtime.state.phase is state.phase:
+                # (A command in between changed what was measured: decide on the next tick.)
+                rules = {**measured, **self._alert_views(runtime, target)}
+                decision = rollout.tick(runtime.state, Tick(
+                    self.clock(), rules, actual,
+                    preflight if runtime.state.phase is Phase.PREFLIGHT else None,
+                    previous_healthy))
+                await self._commit(runtime, decision)
+            await self._reconcile(runtime)
         runtime.last_tick = self.clock()
         runtime.ticks += 1
+
+    def _alert_views(self, runtime: SiteRuntime, color: str) -> dict[str, RuleView]:
+        on_fire = self.loaded.config.alertmanager.on_fire
+        return self.alerts.views(runtime.name, color, on_fire)
+
+    async def decide_now(self, name: str) -> Decision | None:
+        """A decision on what is known now (last rule states, firing alerts), without
+        measuring: the Alertmanager webhook's fast path to a rollback."""
+        runtime = self.sites[name]
+        async with runtime.lock:
+            target = runtime.state.target
+            rules = {rule: RuleView(rule, st.state, self._on_fire(rule), st.value, "",
+                                    st.detail)
+                     for (rule, color), st in runtime.statuses.items() if color == target}
+            rules.update(self._alert_views(runtime, target))
+            decision = rollout.tick(runtime.state, Tick(self.clock(), rules, runtime.actual))
+            await self._commit(runtime, decision)
+            return decision
+
+    def _on_fire(self, rule_name: str) -> str:
+        for rule in self.loaded.rules:
+            if rule.name == rule_name:
+                return str(rule.on_fire)
+        return "notify"
+
+    async def receive_alerts(self, payload: Any) -> Receipt:
+        """An Alertmanager webhook; PayloadError (a 400) when it is not one."""
+        match = self.loaded.config.alertmanager.match
+        receipt = self.alerts.receive(payload, set(self.sites), match)
+        for alert in receipt.firing + receipt.resolved:
+            self.metrics.alerts_received_total.labels(alert.status).inc()
+            log.info("alert", site=alert.site, alert=alert.name, color=alert.color,
+                     status=alert.status, summary=alert.summary)
+        for status, count in (("duplicate", receipt.duplicates),
+                              ("unknown_site", receipt.unknown_site),
+                              ("unmatched", receipt.unmatched)):
+            if count:
+                self.metrics.alerts_received_total.labels(status).inc(count)
+        for site in sorted({a.site for a in receipt.firing}):
+            await self.decide_now(site)
+        return receipt
 
     async def _measure(self, runtime: SiteRuntime, color: str) -> dict[str, RuleView]:
         rules = self.loaded.rules_for(runtime.name)
@@ -163,7 +226,7 @@ class Daemon:
         started = time.monotonic()
         measurements = await measure_all(self.sources, rules, target)
         now = self.clock()
-        views: dict[str, RuleView] = {}
+        out: dict[str, RuleView] = {}
         for rule, m in zip(rules, measurements, strict=True):
             key = (rule.name, color)
             before = runtime.statuses.get(key, RuleStatus())
@@ -175,12 +238,16 @@ class Daemon:
                          state_from=before.state.label, state=after.state.label,
                          value=after.value, threshold=rule.threshold_text(), detail=m.detail,
                          phase=runtime.state.phase.value)
-            views[rule.name] = RuleView(rule.name, after.state, rule.on_fire, after.value,
+                if after.state is State.FIRING and rule.on_fire == "notify":
+                    self.notifier.post(runtime.name, "rule", f"{runtime.name}: rule {rule.name} "
+                                       f"fired on {color} (value {after.value}, threshold "
+                                       f"{rule.threshold_text()}; {m.detail})", rule=rule.name)
+            out[rule.name] = RuleView(rule.name, after.state, rule.on_fire, after.value,
                                         rule.threshold_text(), after.detail)
         # Rules of the other colour are not measured now; forget their stale states.
         for key in [k for k in runtime.statuses if k[1] != color]:
             del runtime.statuses[key]
-        return views
+        return out
 
     def _rule_metrics(self, site: str, rule: Any, color: str, status: RuleStatus,
                       m: Measurement, seconds: float) -> None:
@@ -208,7 +275,6 @@ class Daemon:
         """Store first, then act: a crash between the two resumes from the stored split."""
         if decision.changed:
             await asyncio.to_thread(self.store.save, decision.state, decision.events)
-        before = runtime.state
         runtime.state = decision.state
         for event in decision.events:
             log.info(event.kind, site=runtime.name, message=event.message,
@@ -221,10 +287,11 @@ class Daemon:
             if isinstance(action, ApplyWeights):
                 await self._apply(runtime, action.weights, action.drain)
             elif isinstance(action, Notify):
-                log.info("notify", site=runtime.name, kind=action.kind, text=action.message)
+                self.notifier.post(runtime.name, action.kind, action.message,
+                                   phase=runtime.state.phase.value,
+                                   weights=dict(runtime.state.weights))
             elif isinstance(action, RunPreflight):
                 self._spawn(self.tick(runtime.name))
-        del before
 
     def _count(self, site: str, event: Event) -> None:
         if event.kind in ("promoted", "rolled_back", "aborted"):
@@ -314,73 +381,101 @@ class Daemon:
             await self._commit(runtime, decision)
         return runtime.state
 
+    # ---------------------------------------------------------------- reload
+
+    def _files_signature(self) -> reload.Signature:
+        paths = [self.loaded.path, *reload.rule_paths(self.loaded.path,
+                                                      self.loaded.config.rule_files)]
+        return reload.signature(paths)
+
+    async def _watch_files(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await asyncio.to_thread(self._files_signature) != self._signature:
+                    await self.reload("file changed")
+            except Exception:
+                log.exception("reload_watch_failed")
+
+    async def reload(self, reason: str = "SIGHUP") -> bool:
+        """Re-read the config and rule files; swap between ticks, or keep the last good set.
+
+        Rules, thresholds and rollout settings change at once (a running rollout keeps its
+        snapshot of steps; a rule that is gone stops counting). Sites, routers, the API and
+        Prometheus settings need a restart: a change to them is reported, not applied.
+        """
+        async with self._reload_lock:
+            if self.on_reload:
+                self.on_reload(False)
+            try:
+                ok = await self._reload(reason)
+            finally:
+                if self.on_reload:
+                    self.on_reload(True)
+            return ok
+
+    async def _reload(self, reason: str) -> bool:
+        self._signature = await asyncio.to_thread(self._files_signature)
+        try:
+            new = await asyncio.to_thread(load, self.loaded.path)
+        except ConfigError as exc:
+            self.reload_error = [str(p) for p in exc.problems]
+            self.metrics.config_last_reload_successful.set(0)
+            log.error("reload_failed", reason=reason, problems=self.reload_error)
+            for name in self.sites:
+                self.notifier.post(name, "reload_failed", "config reload failed, the last good "
+                                   "rules stay in force: " + "; ".join(self.reload_error[:3]))
+            return False
+        old = self.loaded.config
+        warnings = [f"{part} changed: restart the daemon to apply it"
+                    for part, before, after in (
+                        ("sites (names, routers or colours)",
+                         {n: (s.router, s.colors) for n, s in old.sites.items()},
+                         {n: (s.router, s.colors) for n, s in new.config.sites.items()}),
+                        ("api", old.api, new.config.api),
+                        ("prometheus", old.prometheus, new.config.prometheus),
+                        ("state_dir", old.state_dir, new.config.state_dir),
+                        ("notify", old.notify, new.config.notify))
+                    if before != after]
+        for runtime in self.sites.values():  # between ticks: each site's lock in turn
+            async with runtime.lock:
+                site = new.config.sites.get(runtime.name)
+                if site is not None and site.router == runtime.config.router:
+                    if site.rollout.interval != runtime.config.rollout.interval \
+                            and self.scheduler is not None:
+                        self.scheduler.reschedule_job(f"tick:{runtime.name}", trigger="interval",
+                                                      seconds=site.rollout.interval)
+                    runtime.config = site
+                names = {r.name for r in new.rules_for(runtime.name)}
+                for key in [k for k in runtime.statuses if k[0] not in names]:
+                    del runtime.statuses[key]  # a removed rule stops counting
+                    for gauge in (self.metrics.rule_state, self.metrics.rule_value):
+                        with contextlib.suppress(KeyError):
+                            gauge.remove(runtime.name, key[0], key[1])
+        self.loaded = new
+        self.reload_error = None
+        self.reload_warnings = warnings + new.warnings
+        self.last_reload_at = time.time()
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
+        log.info("reloaded", reason=reason, rules=len(new.rules), warnings=warnings)
+        return True
+
     # ---------------------------------------------------------------- views
 
     def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
         runtime = self.sites.get(name)
         if runtime is None:
             raise UnknownSite(name)
-        state = runtime.state
-        now = self.clock()
-        view: dict[str, Any] = {
-            "site": name,
-            "live": state.live,
-            "phase": state.phase.value,
-            "target": state.target,
-            "weights": state.weights,
-            "actual_weights": runtime.actual,
-            "router": {"kind": runtime.router.kind, "error": runtime.router_error},
-            "previous": ({"color": state.previous, "until": state.previous_until}
-                         if state.previous else None),
-            "rollout": _rollout_view(state, now),
-            "rules": self._rules_view(runtime),
-            "last_tick": runtime.last_tick,
-            "interval": runtime.config.rollout.interval,
-        }
-        if events:
-            view["events"] = self.store.events(name, events)
-        return view
-
-    def _rules_view(self, runtime: SiteRuntime) -> list[dict[str, Any]]:
-        out = []
-        rules = {r.name: r for r in self.loaded.rules_for(runtime.name)}
-        for (rule_name, color), status in sorted(runtime.statuses.items()):
-            rule = rules.get(rule_name)
-            if rule is None:
-                continue
-            out.append({
-                "name": rule_name, "color": color, "source": rule.source,
-                "state": status.state.label,
-                "value": status.value if status.value is None or math.isfinite(status.value)
-                else None,
-                "outcome": status.outcome.value if status.outcome else None,
-                "threshold": rule.threshold_text(), "for": rule.for_, "on_fire": rule.on_fire,
-                "since": status.since, "detail": status.detail,
-            })
-        return out
+        return views.site_view(self, runtime, events)
 
     def sites_view(self) -> list[dict[str, Any]]:
         return [self.site_view(name) for name in self.sites]
 
-
-def _rollout_view(state: SiteState, now: float) -> dict[str, Any] | None:
-    ro = state.rollout
-    if ro is None:
-        return None
-    step = ro.current
-    next_in = None
-    if ro.phase is Phase.PROGRESSING and step is not None and ro.step_started is not None:
-        next_in = max(0.0, step.hold - (now - ro.step_started))
-    elif ro.phase is Phase.BAKING and ro.step_started is not None:
-        next_in = max(0.0, ro.bake - (now - ro.step_started))
-    return {
-        "id": ro.id, "from": ro.live, "to": ro.candidate, "version": ro.version,
-        "strategy": ro.strategy, "phase": ro.phase.value,
-        "step": ro.step + 1 if ro.step >= 0 else 0, "steps": len(ro.steps),
-        "step_label": step.label() if step else None, "step_started": ro.step_started,
-        "next_step_in": next_in, "paused_by": ro.paused_by, "reason": ro.reason,
-        "started_at": ro.started_at, "finished_at": ro.finished_at,
-    }
+    def config_view(self) -> dict[str, Any]:
+        return {"path": str(self.loaded.path), "last_reload_successful": not self.reload_error,
+                "last_reload_at": self.last_reload_at, "errors": self.reload_error or [],
+                "warnings": self.reload_warnings, "rules": len(self.loaded.rules)}
 
 
 async def run_forever(daemon: Daemon, stop: asyncio.Event) -> None:

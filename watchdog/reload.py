@@ -1,0 +1,36 @@
+"""Noticing edits: a signature of the config and every rule file it names, polled.
+
+Polling (every second by default) needs no inotify, works on every file system and through
+config-management tools that replace files by rename; the daemon re-validates only when the
+signature changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+Signature = tuple[tuple[str, int, int], ...]
+
+
+def rule_paths(config_path: Path, patterns: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for pattern in patterns:
+        full = pattern if Path(pattern).is_absolute() else str(config_path.parent / pattern)
+        found = sorted(Path(p) for p in glob.glob(full)) if glob.has_magic(pattern) else [
+            Path(full)]
+        out.extend(p for p in found if p not in out)
+    return out
+
+
+def signature(paths: list[Path]) -> Signature:
+    """(path, mtime_ns, size) of each file; a missing file counts as (-1, -1)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
