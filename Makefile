@@ -5,7 +5,7 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
-DEB_PACKAGES := prometheus haproxy nginx-light python3-venv
+DEB_PACKAGES := prometheus prometheus-alertmanager haproxy nginx-light systemd python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-packages venv lint bench clean
