@@ -6,9 +6,10 @@
 
 Each proxy fronts the same two Odoo stand-ins and gets constant load from a separate process
 (8 concurrent clients, new connection per request, no cookies) while the split flips
-100/0 <-> 0/100 `--switches` times. Printed per way: the time the switch call takes, the time until the new colour serves (the first request sent
-after the call started that the new colour answered), the time until the old colour serves no
-request sent after the call started, and the failed requests.
+100/0 <-> 0/100 `--switches` times. Printed per way: the time the switch call takes, the
+time until the new colour serves (the first request sent after the call started that the new
+colour answered), the time until the old colour serves no request sent after the call
+started, and the failed requests.
 
     .venv/bin/python bench/bench_switch.py [--switches 20]
 """

@@ -87,6 +87,14 @@ def parse(payload: Any) -> list[dict[str, Any]]:
         annotations = alert.get("annotations", {})
         if not isinstance(annotations, dict):
             raise PayloadError(f"{where}.annotations must be an object")
+        texts = [*labels, *labels.values(), alert.get("fingerprint", ""),
+                 alert.get("startsAt", ""), str(annotations.get("summary", ""))]
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError(f"{where} holds a string that is not valid Unicode "
+                                   "(a lone surrogate)") from None
     return alerts
 
 

@@ -60,10 +60,20 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(500, "internal error; see the daemon's log")
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; one that cannot be read (a broken gzip encoding) is the client's fault."""
+    try:
+        return await request.read()
+    except web.HTTPException:
+        raise  # 413 for a body over client_max_size
+    except Exception as exc:
+        raise BadRequest(f"cannot read the body: {type(exc).__name__}") from None
+
+
 async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]],
                required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The JSON object of a POST, checked field by field."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         data: Any = {}
     else:
@@ -128,7 +138,7 @@ async def list_sites(request: web.Request) -> web.Response:
 async def alertmanager(request: web.Request) -> web.Response:
     """Alertmanager's webhook. 4xx for anything wrong: Alertmanager retries only 5xx, so a
     bad payload is refused once instead of looping."""
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -184,7 +194,11 @@ async def switch(request: web.Request) -> web.Response:
 
 
 def create_app(daemon: Daemon, token: str | None) -> web.Application:
-    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
+    # auto_decompress off: a Content-Encoding body is refused as not JSON (400) instead of
+    # failing inside aiohttp's parser, which drops the connection; Alertmanager never
+    # compresses its webhooks.
+    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024,
+                          handler_args={"auto_decompress": False})
     app[DAEMON] = daemon
     app[TOKEN] = token
     app.router.add_get("/healthz", healthz)

@@ -349,6 +349,11 @@ class Daemon:
         """Make the router match the stored split (a reload or a person may have changed it)."""
         actual = await self._read(runtime)
         desired = runtime.state.weights
+        if actual is not None:
+            try:
+                await runtime.router.settle()
+            except routers.RouterError as exc:
+                log.error("router_error", site=runtime.name, error=str(exc))
         if actual is None or actual == desired:
             return
         self.metrics.router_drift_total.labels(runtime.name).inc()

@@ -49,9 +49,17 @@ INSERT_EVENT = (
 )
 
 
+def _text(value: str | None) -> str | None:
+    """Text SQLite can store whatever arrived (a lone surrogate becomes U+FFFD)."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _event_row(at: float, site: str, e: Event) -> tuple[Any, ...]:
-    return (at, site, e.rollout_id, e.kind, e.phase_from, e.phase_to, json.dumps(e.weights),
-            e.rule, e.value, e.threshold, e.actor, e.message)
+    return (at, site, _text(e.rollout_id), e.kind, e.phase_from, e.phase_to,
+            json.dumps(e.weights), _text(e.rule), e.value, _text(e.threshold), _text(e.actor),
+            _text(e.message))
 
 
 class StoreError(RuntimeError):

@@ -124,6 +124,11 @@ class Router(Protocol):
         """Raise RouterError saying what is wrong if the switch cannot be used."""
         ...
 
+    async def settle(self) -> None:
+        """Finish what a switch left in progress (HAProxy: a drain whose timer was lost to a
+        restart). The daemon calls it on every reconcile."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -204,6 +204,15 @@ class HaproxyRouter:
         self._raise_for(answer, server=self.servers[color])
         await self.save_state()
 
+    async def settle(self) -> None:
+        """A colour left draining at weight 0 with no timer (the daemon restarted, or was
+        killed, during a drain) gets a new drain timer, then `maint`: sticky users never stay
+        on a colour that was given up."""
+        states = await self.server_states()
+        for color, state in states.items():
+            if state.draining and state.weight == 0 and color not in self._drains:
+                self._drains[color] = asyncio.create_task(self._maint_after_drain(color))
+
     async def save_state(self) -> None:
         """Write `show servers state` (all backends) to state_file, atomically."""
         path = self.config.state_file

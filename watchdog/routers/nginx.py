@@ -227,6 +227,9 @@ class NginxRouter:
         if not result.ok:
             raise RouterError(f"{self.test_command} failed: {result.detail}")
 
+    async def settle(self) -> None:
+        return None  # nothing of this router's outlives a switch
+
     async def close(self) -> None:
         return None
 

@@ -183,6 +183,9 @@ class TraefikRouter:
         if self.path.exists():
             await self.get_weights()
 
+    async def settle(self) -> None:
+        return None  # nothing of this router's outlives a switch
+
     async def close(self) -> None:
         return None
 
