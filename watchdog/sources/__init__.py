@@ -1,6 +1,6 @@
 """Measurement sources, one module per `source:` kind, behind one small protocol."""
 
-from watchdog.sources import http, prometheus
+from watchdog.sources import http, logs, prometheus
 from watchdog.sources.base import (
     Source,
     Target,
@@ -18,6 +18,7 @@ __all__ = [
     "create_all",
     "http",
     "kinds",
+    "logs",
     "measure_all",
     "prometheus",
     "register",
