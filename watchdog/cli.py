@@ -20,6 +20,7 @@ from watchdog import __version__, routers
 from watchdog.cli_ops import add_client_commands
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
+from watchdog.daemon import StartError
 from watchdog.sdnotify import SdNotify
 from watchdog.store import StoreError
 
@@ -176,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             return 1
     try:
         return asyncio.run(_serve(loaded, token))
-    except StoreError as exc:
+    except (StoreError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -24,6 +24,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog import notify, odoo, reload, rollout, routers, views
+from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
 from watchdog.config import COLORS, ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.measurement import Measurement
@@ -48,6 +49,10 @@ log = structlog.get_logger("odoo_watchdog")
 
 class UnknownSite(KeyError):
     pass
+
+
+class StartError(RuntimeError):
+    """The daemon cannot start (a port taken, a secret unreadable); the message says why."""
 
 
 @dataclass
@@ -77,6 +82,7 @@ class Daemon:
         self.started = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.alerts = AlertBook()
+        self.access_log = AccessLogReceiver.from_config(loaded.config, self.metrics)
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
         self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent))
         self.reload_error: list[str] | None = None
@@ -95,6 +101,14 @@ class Daemon:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        if self.access_log is not None:  # first: a port already taken fails the start
+            try:
+                await self.access_log.start()
+            except OSError as exc:
+                listen = self.loaded.config.access_log.listen if self.loaded.config.access_log \
+                    else "?"
+                raise StartError(f"access_log: cannot listen on {listen} (UDP): "
+                                 f"{exc.strerror or exc}") from None
         for name, site in self.loaded.config.sites.items():
             state = await asyncio.to_thread(self.store.load, name)
             if state is None:
@@ -132,6 +146,8 @@ class Daemon:
         for source in self.sources.values():
             await source.close()
         await self.notifier.close()
+        if self.access_log is not None:
+            await self.access_log.stop()
         self.store.close()
 
     def healthy(self) -> bool:
@@ -445,6 +461,7 @@ class Daemon:
                          {n: (s.router, s.colors) for n, s in old.sites.items()},
                          {n: (s.router, s.colors) for n, s in new.config.sites.items()}),
                         ("api", old.api, new.config.api),
+                        ("access_log", old.access_log, new.config.access_log),
                         ("prometheus", old.prometheus, new.config.prometheus),
                         ("state_dir", old.state_dir, new.config.state_dir),
                         ("notify", old.notify, new.config.notify))
