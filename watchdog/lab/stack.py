@@ -18,7 +18,7 @@ import yaml
 
 from watchdog.client import Client
 from watchdog.lab.haproxy import HaproxyLab
-from watchdog.lab.procs import ManagedProcess, free_port, http_ok
+from watchdog.lab.procs import ManagedProcess, free_port, free_udp_port, http_ok
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess
 
@@ -64,6 +64,7 @@ class LabStack:
         window: str = "5s",
         token: str | None = None,
         extra_rules: str = "",
+        access_log: bool = False,
     ) -> None:
         self.workdir = workdir
         self.interval = interval
@@ -77,6 +78,8 @@ class LabStack:
         self.window = window
         self.token = token if token is not None else secrets.token_hex(16)
         self.extra_rules = extra_rules
+        # HAProxy's access logs over UDP syslog to the daemon's receiver (DESIGN.md section 8)
+        self.syslog_port = free_udp_port() if access_log else None
         self.api_port = free_port()
         self.blue = StandinProcess("blue", workdir / "blue", version="16.0")
         self.green = StandinProcess("green", workdir / "green", version="17.0")
@@ -93,7 +96,8 @@ class LabStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.blue.start()
         self.green.start()
-        self.haproxy = HaproxyLab(self.workdir / "haproxy", self.blue.port, self.green.port)
+        self.haproxy = HaproxyLab(self.workdir / "haproxy", self.blue.port, self.green.port,
+                                  syslog_port=self.syslog_port)
         self.haproxy.start()
         self.prometheus = PrometheusLab(self.workdir / "prometheus", scrape_interval=self.scrape,
                                         jobs=[ScrapeJob("haproxy", [f"127.0.0.1:"
@@ -117,6 +121,8 @@ class LabStack:
             "state_dir": str(self.workdir / "state"),
             "prometheus": {"url": self.prometheus.url, "timeout": "2s"},
             "rule_files": [str(self.rules_path)],
+            **({"access_log": {"listen": f"127.0.0.1:{self.syslog_port}", "format": "haproxy"}}
+               if self.syslog_port else {}),
             "sites": {"odoo": {
                 "router": {"kind": "haproxy", "socket": str(self.haproxy.admin_socket),
                            "backend": "odoo", "state_file": str(self.haproxy.state_file),
