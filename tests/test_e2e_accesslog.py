@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,9 +50,7 @@ async def test_daemon_counts_each_colours_requests_from_haproxy_logs(lab: LabSta
     await router.set_weights({"blue": 70, "green": 30})  # behind the daemon's back...
     before = requests_by_color(lab)
     async with LoadClient(lab.proxy_url, concurrency=4, max_requests=2000) as load:
-        deadline = time.monotonic() + 60
-        while len(load.samples) < 2000 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await load.wait_count(2000, timeout=60)
         sent = load.window(0).by_color
     await asyncio.sleep(1.5)  # the receiver flushes every 0.5 s
     after = requests_by_color(lab)

@@ -92,7 +92,7 @@ async def post(lab: LabStack, action: str, payload: dict[str, Any]) -> dict[str,
 
 
 def metrics(lab: LabStack) -> str:
-    with urllib.request.urlopen(f"{lab.api_url}/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"{lab.api_url}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
 
 
@@ -544,9 +544,9 @@ async def test_prometheus_down_mid_canary_holds_the_rollout_and_it_resumes_when_
 
 def sticky_color(lab: LabStack, cookie: str) -> str | None:
     """The colour that answers a user whose HAProxy stickiness cookie names `cookie`."""
-    req = urllib.request.Request(f"{lab.proxy_url}/web/login",  # noqa: S310
+    req = urllib.request.Request(f"{lab.proxy_url}/web/login",
                                  headers={"Cookie": f"SERVERID={cookie}"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=5) as resp:
         color = resp.headers.get("X-Odoo-Color")
     return str(color) if color is not None else None
 

@@ -19,8 +19,8 @@ import structlog
 from watchdog import __version__, routers
 from watchdog.cli_ops import add_client_commands
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
-from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 from watchdog.daemon import StartError
+from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 from watchdog.sdnotify import SdNotify
 from watchdog.store import StoreError
 
