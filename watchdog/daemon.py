@@ -250,7 +250,11 @@ class Daemon:
         measurements = await measure_all(self.sources, rules, target)
         now = self.clock()
         out: dict[str, RuleView] = {}
+        # A reload while measuring may have removed a rule: it no longer counts, at all.
+        current = {r.name for r in self.loaded.rules_for(runtime.name)}
         for rule, m in zip(rules, measurements, strict=True):
+            if rule.name not in current:
+                continue
             key = (rule.name, color)
             before = runtime.statuses.get(key, RuleStatus())
             after = evaluate(rule, before, m, now)
@@ -267,10 +271,19 @@ class Daemon:
                                        f"{rule.threshold_text()}; {m.detail})", rule=rule.name)
             out[rule.name] = RuleView(rule.name, after.state, rule.on_fire, after.value,
                                         rule.threshold_text(), after.detail)
-        # Rules of the other colour are not measured now; forget their stale states.
+        # Rules of the other colour are not measured now: forget their states and series, so
+        # neither the API nor the metrics keep showing a colour's last state as current.
         for key in [k for k in runtime.statuses if k[1] != color]:
-            del runtime.statuses[key]
+            self._forget(runtime.name, *key)
         return out
+
+    def _forget(self, site: str, rule: str, color: str) -> None:
+        runtime = self.sites.get(site)
+        if runtime is not None:
+            runtime.statuses.pop((rule, color), None)
+        for gauge in (self.metrics.rule_state, self.metrics.rule_value):
+            with contextlib.suppress(KeyError):
+                gauge.remove(site, rule, color)
 
     def _rule_metrics(self, site: str, rule: Any, color: str, status: RuleStatus,
                       m: Measurement, seconds: float) -> None:
@@ -388,6 +401,10 @@ class Daemon:
 
     def _export(self, runtime: SiteRuntime) -> None:
         state = runtime.state
+        # Counters exist at 0 from the start, so increase() sees the first event too.
+        for outcome in ("promoted", "rolled_back", "aborted"):
+            self.metrics.rollouts_total.labels(runtime.name, outcome)
+        self.metrics.router_drift_total.labels(runtime.name)
         for color in COLORS:
             self.metrics.traffic_weight.labels(runtime.name, color).set(state.weights[color])
         for phase in Phase:
@@ -476,11 +493,11 @@ class Daemon:
                                                       seconds=site.rollout.interval)
                     runtime.config = site
                 names = {r.name for r in new.rules_for(runtime.name)}
-                for key in [k for k in runtime.statuses if k[0] not in names]:
-                    del runtime.statuses[key]  # a removed rule stops counting
-                    for gauge in (self.metrics.rule_state, self.metrics.rule_value):
-                        with contextlib.suppress(KeyError):
-                            gauge.remove(runtime.name, key[0], key[1])
+                gone = {r.name for r in self.loaded.rules_for(runtime.name)} - names
+                gone |= {k[0] for k in runtime.statuses if k[0] not in names}
+                for rule_name in gone:  # a removed rule stops counting, for every colour
+                    for color in COLORS:
+                        self._forget(runtime.name, rule_name, color)
         self.loaded = new
         self.reload_error = None
         self.reload_warnings = warnings + new.warnings
