@@ -86,12 +86,18 @@ def _daemon_phase(api: str, site: str) -> str | None:
     return str(phase) if phase is not None else None
 
 
-def _router(args: argparse.Namespace) -> int:
+def _load_or_report(path: Path) -> LoadedConfig | None:
     try:
-        loaded = load(Path(args.config))
+        return load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def _router(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(Path(args.config))
+    if loaded is None:
         return 1
     site = loaded.config.sites.get(args.site)
     if site is None:
@@ -157,11 +163,8 @@ def configure_logging() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging()
-    try:
-        loaded = load(Path(args.config))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load_or_report(Path(args.config))
+    if loaded is None:
         return 1
     token = None
     token_file = loaded.config.api.token_file

@@ -105,6 +105,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         os.close(dir_fd)
 
 
+def check_writable(path: Path) -> None:
+    """The directory of a file a router owns exists and lets us replace the file."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise RouterError(f"the directory of {path} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise RouterError(f"cannot write in {directory} (needed to replace {path.name})")
+
+
 class Router(Protocol):
     kind: str
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from watchdog.routers.base import (
     Router,
     RouterError,
     Weights,
+    check_writable,
     percentages,
     register,
     validate_weights,
@@ -216,11 +216,7 @@ class NginxRouter:
         return got
 
     async def check(self) -> None:
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise RouterError(f"the directory of {self.path} does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise RouterError(f"cannot write in {directory} (needed to replace {self.path.name})")
+        check_writable(self.path)
         if self.path.exists():
             await self.get_weights()  # ours, and readable
         result = await _run(self.test_command, self.timeout)

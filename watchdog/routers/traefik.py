@@ -20,7 +20,6 @@ put back by changing only the list.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from watchdog.routers.base import (
     Router,
     RouterError,
     Weights,
+    check_writable,
     percentages,
     register,
     validate_weights,
@@ -175,11 +175,7 @@ class TraefikRouter:
         return got
 
     async def check(self) -> None:
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise RouterError(f"the directory of {self.path} does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise RouterError(f"cannot write in {directory} (needed to replace {self.path.name})")
+        check_writable(self.path)
         if self.path.exists():
             await self.get_weights()
 
