@@ -143,3 +143,30 @@ def test_url_file_secrets_are_read_and_a_missing_one_is_named(tmp_path: Path) ->
     assert targets == [Target("slack", "http://127.0.0.1:9000/secret", 5.0)]
     with pytest.raises(ValueError, match=r"url_file .*missing: No such file"):
         resolve([NotifyTarget(kind="slack", url_file=tmp_path / "missing")], tmp_path)
+
+
+@pytest.mark.lab
+async def test_the_daemon_notifies_a_rollout_start_each_step_and_the_promotion(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    from watchdog.lab.load import LoadClient
+    from watchdog.lab.stack import LabStack
+
+    lab = LabStack(tmp_path, steps=[{"weight": 50, "hold": "1s"}, {"weight": 100}], bake="1s",
+                   notify_url=receiver.url)
+    await asyncio.to_thread(lab.start)
+    try:
+        # Traffic, or the error_rate rule has no data and (rightly) holds the rollout.
+        async with LoadClient(lab.proxy_url, concurrency=2, delay=0.02):
+            await asyncio.to_thread(lab.client().post, "/api/v1/sites/odoo/rollouts",
+                                    {"to": "green", "version": "17.0"})
+            await wait_for(lambda: any(b["kind"] == "promoted" for b in receiver.got), 40)
+    finally:
+        await asyncio.to_thread(lab.stop)
+    kinds = [b["kind"] for b in receiver.got]
+    assert kinds[:1] == ["started"]
+    assert kinds.count("step") == 2
+    assert "promoted" in kinds
+    promoted = next(b for b in receiver.got if b["kind"] == "promoted")
+    assert promoted["site"] == "odoo" and promoted["weights"] == {"blue": 0, "green": 100}
+    assert "green is live (17.0)" in promoted["text"]

@@ -65,6 +65,7 @@ class LabStack:
         token: str | None = None,
         extra_rules: str = "",
         access_log: bool = False,
+        notify_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.interval = interval
@@ -80,6 +81,7 @@ class LabStack:
         self.extra_rules = extra_rules
         # HAProxy's access logs over UDP syslog to the daemon's receiver (DESIGN.md section 8)
         self.syslog_port = free_udp_port() if access_log else None
+        self.notify_url = notify_url
         self.api_port = free_port()
         self.blue = StandinProcess("blue", workdir / "blue", version="16.0")
         self.green = StandinProcess("green", workdir / "green", version="17.0")
@@ -123,6 +125,8 @@ class LabStack:
             "rule_files": [str(self.rules_path)],
             **({"access_log": {"listen": f"127.0.0.1:{self.syslog_port}", "format": "haproxy"}}
                if self.syslog_port else {}),
+            **({"notify": [{"kind": "webhook", "url": self.notify_url, "timeout": "2s"}]}
+               if self.notify_url else {}),
             "sites": {"odoo": {
                 "router": {"kind": "haproxy", "socket": str(self.haproxy.admin_socket),
                            "backend": "odoo", "state_file": str(self.haproxy.state_file),
