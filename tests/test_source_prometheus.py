@@ -195,3 +195,32 @@ async def test_same_query_in_one_tick_is_sent_once(prometheus: PrometheusLab) ->
         await source.close()
     assert [m.value for m in results] == [2.0] * 5
     assert calls == 1
+
+
+async def test_a_hung_prometheus_fails_a_whole_tick_in_about_one_timeout(
+    silent_server: str,
+) -> None:
+    """Queries are sent in chunks, one chunk per thread; once Prometheus stays silent, the rest
+    of a chunk fails at once instead of each query waiting its own timeout."""
+    source = PrometheusSource(silent_server, timeout=1.0)
+    try:
+        start = time.monotonic()
+        results = await asyncio.gather(*(source.measure(rule(f"vector({i})"), GREEN)
+                                         for i in range(40)))
+        took = time.monotonic() - start
+    finally:
+        await source.close()
+    assert all(m.error is not None and "no answer in 1s" in m.error for m in results)
+    assert took < 3.0
+
+
+async def test_a_tick_of_many_distinct_queries_gets_each_its_own_answer(
+    prometheus: PrometheusLab,
+) -> None:
+    source = PrometheusSource(prometheus.url, timeout=5)
+    try:
+        results = await asyncio.gather(*(source.measure(rule(f"vector({i})"), GREEN)
+                                         for i in range(200)))
+    finally:
+        await source.close()
+    assert [m.value for m in results] == [float(i) for i in range(200)]

