@@ -250,7 +250,7 @@ Step = Annotated[
     Discriminator(_step_tag),
 ]
 
-SmokeCheck = Literal["health", "login"]
+SmokeCheck = Literal["health", "login", "rpc"]
 _DEFAULT_SMOKE: tuple[SmokeCheck, ...] = ("health", "login")
 
 

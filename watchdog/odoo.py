@@ -2,12 +2,16 @@
 
 - `health`: `GET /web/health` answers 200 with `{"status": "pass"}` (Odoo 16+).
 - `login`: `GET /web/login` answers 200 (the login page renders: database and assets load).
+- `rpc`: XML-RPC `common.version()` on `/xmlrpc/2/common` returns a server_version (the RPC
+  dispatcher that integrations and the mobile apps use works).
 """
 
 from __future__ import annotations
 
 import json
+import xmlrpc.client
 from collections.abc import Sequence
+from xml.parsers.expat import ExpatError
 
 import aiohttp
 
@@ -44,7 +48,30 @@ async def check_login(session: aiohttp.ClientSession, url: str) -> tuple[bool, s
         return False, f"/web/login unreachable: {type(exc).__name__}: {exc}"
 
 
-CHECKS = {"health": check_health, "login": check_login}
+async def check_rpc(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+    """XML-RPC `common.version()`: Odoo's RPC dispatcher answers, without any credentials."""
+    body = ("<?xml version='1.0'?><methodCall><methodName>version</methodName>"
+            "<params></params></methodCall>")
+    try:
+        async with session.post(url + "/xmlrpc/2/common", data=body,
+                                headers={"Content-Type": "text/xml"}, allow_redirects=False,
+                                timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT)) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                return False, f"/xmlrpc/2/common answered {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return False, f"/xmlrpc/2/common unreachable: {type(exc).__name__}: {exc}"
+    try:
+        answer = xmlrpc.client.loads(text)[0][0]
+    except (xmlrpc.client.Fault, ValueError, IndexError, ExpatError) as exc:
+        return False, f"/xmlrpc/2/common version() failed: {str(exc)[:120]}"
+    version = answer.get("server_version") if isinstance(answer, dict) else None
+    if not version:
+        return False, "/xmlrpc/2/common version() gave no server_version"
+    return True, f"XML-RPC version {version}"
+
+
+CHECKS = {"health": check_health, "login": check_login, "rpc": check_rpc}
 
 
 async def smoke(url: str, checks: Sequence[str]) -> tuple[bool, str]:
