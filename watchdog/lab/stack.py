@@ -140,7 +140,8 @@ class LabStack:
                 "live": "blue",
                 "rollout": {"strategy": "canary", "steps": self.steps,
                             "interval": self.interval, "bake": self.bake,
-                            "keep_previous": self.keep_previous, "smoke": ["health", "login"]},
+                            "keep_previous": self.keep_previous,
+                            "smoke": ["health", "login", "rpc"]},
             }},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
