@@ -131,13 +131,13 @@ def test_haproxy_client_abort() -> None:
 
 
 def test_haproxy_minus_one_status_and_ta() -> None:
-    msg = (b'10.0.0.1:34552 [15/Oct/2026:15:26:31.462] fe be/srv -1/-1/-1/-1/-1 -1 0 - - CD-- '
+    msg = (b'127.0.0.9:34552 [15/Oct/2026:15:26:31.462] fe be/srv -1/-1/-1/-1/-1 -1 0 - - CD-- '
            b'2/2/2/0/0 0/0 ""')
     assert parse_haproxy(msg) == AccessLine(b"be/srv", b"-1", None)
 
 
 def test_haproxy_logasap_plus_and_captures() -> None:
-    msg = (b'10.0.0.1:1 [15/Oct/2026:15:26:31.462] fe~ be/srv 10/0/7/147/+723 200 +243 - - ---- '
+    msg = (b'127.0.0.9:1 [15/Oct/2026:15:26:31.462] fe~ be/srv 10/0/7/147/+723 200 +243 - - ---- '
            b'3/3/3/1/0 0/0 {1wt.eu} {} "GET /index.html HTTP/1.1"')
     assert parse_haproxy(msg) == AccessLine(b"be/srv", b"200", 0.723)
 
@@ -272,7 +272,7 @@ def test_haproxy_lines_become_metrics() -> None:
 def test_haproxy_minus_one_status_is_499_and_minus_one_ta_observes_nothing() -> None:
     metrics = Metrics()
     receiver = haproxy_receiver(metrics)
-    receiver.handle(b'<134>Nov 27 10:21:24 haproxy[1]: 10.0.0.1:3 [15/Oct/2026:15:26:31.462] fe '
+    receiver.handle(b'<134>Nov 27 10:21:24 haproxy[1]: 127.0.0.9:3 [15/Oct/2026:15:26:31.462] fe '
                     b'odoo/odoo-blue 0/0/0/-1/-1 -1 0 - - CD-- 2/2/2/0/0 0/0 ""\n')
     labels = {"site": "odoo", "color": "blue"}
     assert sample(metrics, "odoo_watchdog_http_requests_total", code="499", **labels) == 1
