@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -93,10 +92,6 @@ class Daemon:
         self.on_reload: Callable[[bool], None] | None = None  # sd_notify hook, set by `run`
         self.metrics.config_last_reload_successful.set(1)
         self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
-
-    @classmethod
-    def from_file(cls, path: Path) -> Daemon:
-        return cls(load(path))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -522,12 +517,3 @@ class Daemon:
         return {"path": str(self.loaded.path), "last_reload_successful": not self.reload_error,
                 "last_reload_at": self.last_reload_at, "errors": self.reload_error or [],
                 "warnings": self.reload_warnings, "rules": len(self.loaded.rules)}
-
-
-async def run_forever(daemon: Daemon, stop: asyncio.Event) -> None:
-    await daemon.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await daemon.stop()
