@@ -331,7 +331,7 @@ def after_a_tick(lab: LabStack, timeout: float = 10.0) -> float:
     return got
 
 
-LATENCY = 3.0  # seconds the live stand-in waits before each answer in the next test
+LATENCY = 4.0  # seconds the live stand-in waits before each answer in the next test
 
 
 def test_c_a_rule_removed_while_it_is_being_measured_leaves_nothing_behind(
@@ -341,22 +341,31 @@ def test_c_a_rule_removed_while_it_is_being_measured_leaves_nothing_behind(
     slow = ("  - name: slow_login\n    source: http\n    path: /web/login\n    timeout: 8s\n"
             "    min: 1\n    for: 0s\n    on_fire: notify\n")
     standin = lab.standin(live)
+    assert lab.daemon is not None
     set_faults(standin.url, latency=LATENCY)
     try:
-        write(lab.rules_path, base + slow)
-        # Its first measurement took LATENCY s; it is listed at the end of that tick.
-        wait(lambda: "slow_login" in rules(lab), PICKUP + LATENCY, "slow_login measured",
-             every=0.02)
-        ended = lab.site()["last_tick"]
-        # The next tick begins within one interval of that one and measures for LATENCY s.
-        time.sleep(TICK + 0.1)
-        stamp = reload_stamp(lab)
-        write(lab.rules_path, base)
-        wait(lambda: reload_stamp(lab) > stamp, POLL + 1.0, "the reload")
-        reloaded = config(lab)["last_reload_at"]
-        if not ended + TICK < reloaded < ended + LATENCY:
-            raise RuntimeError(f"the reload came {reloaded - ended:.2f}s after the tick ended; "
-                               f"the test needs it inside the next measurement")
+        # The reload must land while a tick is measuring slow_login. On a busy machine the
+        # timing can miss; then the scenario is set up again (a miss proves nothing either way).
+        for attempt in range(3):
+            write(lab.rules_path, base + slow)
+            # Its first measurement took LATENCY s; it is listed at the end of that tick.
+            wait(lambda: "slow_login" in rules(lab), PICKUP + 2 * LATENCY,
+                 "slow_login measured", every=0.02)
+            ended = after_a_tick(lab, timeout=2 * LATENCY + 5)
+            # The next tick begins within one interval of that one and measures for LATENCY s;
+            # SIGHUP (not the 1 s poll) so that the reload lands right then.
+            time.sleep(TICK + 0.2)
+            stamp = reload_stamp(lab)
+            write(lab.rules_path, base)
+            lab.daemon.signal(signal.SIGHUP)
+            wait(lambda stamp=stamp: reload_stamp(lab) > stamp, POLL + 2.0, "the reload")
+            reloaded = config(lab)["last_reload_at"]
+            if ended + TICK < reloaded < ended + LATENCY:
+                break
+            print(f"attempt {attempt + 1}: the reload came {reloaded - ended:.2f}s after the "
+                  "tick ended, not inside the next measurement; again")
+        else:
+            raise AssertionError("three times the reload missed the measurement in flight")
         assert "slow_login" not in rules(lab)
         # Once the measurement in flight is over, and one more tick after it:
         after_a_tick(lab, timeout=LATENCY + 5)
