@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
 from watchdog.lab.standin import clear_faults, set_faults
@@ -56,20 +55,7 @@ def say(text: str) -> None:
 
 def green_weight(sock: Path) -> int:
     """Green's weight in force, from HAProxy's `show servers state` (not from the daemon)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(2)
-        conn.connect(os.fspath(sock))
-        conn.sendall(b"show servers state odoo\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    lines = [ln for ln in data.decode().splitlines() if ln.strip()]
-    header = lines[1].lstrip("# ").split()
-    for line in lines[2:]:
-        row = dict(zip(header, line.split(), strict=False))
-        if row.get("srv_name") == "odoo-green":
-            return int(row["srv_uweight"])
-    raise RuntimeError(f"no odoo-green in HAProxy's answer: {data[:300]!r}")
+    return colour_servers(sock)["green"]["weight"]
 
 
 @dataclass

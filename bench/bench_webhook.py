@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from watchdog.lab.haproxy import state_rows
 from watchdog.lab.stack import LabStack
 
 LATENCY_GOAL = 0.050  # seconds
@@ -73,13 +74,8 @@ async def green_state(socket_path: Path) -> tuple[int, int]:
     finally:
         writer.close()
         await writer.wait_closed()
-    lines = [ln for ln in data.splitlines() if ln.strip()]
-    header = lines[1].lstrip("# ").split()
-    for line in lines[2:]:
-        row = dict(zip(header, line.split(), strict=False))
-        if row["srv_name"] == "odoo-green":
-            return int(row["srv_uweight"]), int(row["srv_admin_state"])
-    raise RuntimeError(f"no odoo-green in {data!r}")
+    row = state_rows(data)["odoo-green"]
+    return int(row["srv_uweight"]), int(row["srv_admin_state"])
 
 
 def green_out(state: tuple[int, int]) -> bool:

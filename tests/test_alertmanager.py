@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import socket
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog.lab.alertmanager import AlertmanagerLab
+from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.stack import LabStack
@@ -75,21 +74,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabStack]:
 def haproxy_servers(lab: LabStack) -> dict[str, dict[str, int]]:
     """`show servers state odoo` by colour: the weight in force and the admin state."""
     assert lab.haproxy is not None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(2)
-        conn.connect(os.fspath(lab.haproxy.admin_socket))
-        conn.sendall(b"show servers state odoo\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    lines = [ln for ln in data.decode().splitlines() if ln.strip()]
-    header = lines[1].lstrip("# ").split()
-    out = {}
-    for line in lines[2:]:
-        row = dict(zip(header, line.split(), strict=False))
-        color = {"odoo-blue": "blue", "odoo-green": "green"}[row["srv_name"]]
-        out[color] = {"weight": int(row["srv_uweight"]), "admin": int(row["srv_admin_state"])}
-    return out
+    return colour_servers(lab.haproxy.admin_socket)
 
 
 def haproxy_weights(lab: LabStack) -> dict[str, int]:

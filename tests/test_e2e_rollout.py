@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog.durations import parse_duration
+from watchdog.lab.haproxy import colour_servers, runtime_api
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
 from watchdog.lab.standin import set_faults
@@ -44,33 +43,10 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------- HAProxy, directly
 
 
-def runtime_api(sock: Path, command: str) -> str:
-    """One command on HAProxy's admin socket (non-interactive: one connection per command)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(2)
-        conn.connect(os.fspath(sock))
-        conn.sendall(command.encode() + b"\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data.decode()
-
-
 def servers(lab: LabStack) -> dict[str, dict[str, int]]:
     """`show servers state odoo` by colour: uweight (the weight in force) and admin state."""
     assert lab.haproxy is not None
-    lines = [ln for ln in runtime_api(lab.haproxy.admin_socket,
-                                      "show servers state odoo").splitlines() if ln.strip()]
-    assert lines[0].strip() == "1", lines
-    header = lines[1].lstrip("# ").split()
-    out = {}
-    for line in lines[2:]:
-        row = dict(zip(header, line.split(), strict=False))
-        color = {"odoo-blue": "blue", "odoo-green": "green"}[row["srv_name"]]
-        out[color] = {"weight": int(row["srv_uweight"]),
-                      "admin": int(row["srv_admin_state"])}
-    assert set(out) == {"blue", "green"}, out
-    return out
+    return colour_servers(lab.haproxy.admin_socket)
 
 
 def weights(lab: LabStack) -> dict[str, int]:

@@ -13,13 +13,10 @@ import asyncio
 import itertools
 import json
 import math
-import os
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog import __version__
 from watchdog.durations import parse_duration
+from watchdog.lab.haproxy import colour_servers, runtime_api
 from watchdog.lab.load import LoadClient
 from watchdog.lab.prometheus import ScrapeJob
 from watchdog.lab.stack import LabStack
@@ -104,31 +102,13 @@ def wait(probe: Callable[[], T | None], timeout: float, what: str, every: float 
         time.sleep(every)
 
 
-def runtime_api(sock: Path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(2)
-        conn.connect(os.fspath(sock))
-        conn.sendall(command.encode() + b"\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data.decode()
-
-
 FORCED_MAINT = 0x01  # HAProxy's srv_admin_state bit for maintenance set from the runtime API
 
 
 def blue_admin_state(lab: LabStack) -> int:
     """srv_admin_state of odoo-blue, from `show servers state odoo`."""
     assert lab.haproxy is not None
-    lines = [ln for ln in runtime_api(lab.haproxy.admin_socket,
-                                      "show servers state odoo").splitlines() if ln.strip()]
-    header = lines[1].lstrip("# ").split()
-    for line in lines[2:]:
-        row = dict(zip(header, line.split(), strict=False))
-        if row["srv_name"] == "odoo-blue":
-            return int(row["srv_admin_state"])
-    raise AssertionError(f"no odoo-blue in {lines}")
+    return colour_servers(lab.haproxy.admin_socket)["blue"]["admin"]
 
 
 @dataclass

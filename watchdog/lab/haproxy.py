@@ -151,19 +151,48 @@ class HaproxyLab:
         self.stop()
 
 
+def runtime_api(path: Path, command: str, timeout: float = 2.0) -> str:
+    """One command on the runtime API socket (one connection per command), synchronously.
+
+    The lab's own reader, independent of the router under test: tests and benchmarks check
+    what HAProxy itself says, not what the daemon's code reads back.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(os.fspath(path))
+        conn.sendall(command.encode() + b"\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def state_rows(answer: str, backend: str = "odoo") -> dict[str, dict[str, str]]:
+    """The rows of a `show servers state` answer for `backend`, by server name, as printed."""
+    lines = [ln for ln in answer.splitlines() if ln.strip()]
+    if len(lines) < 2 or lines[0].strip() != "1":
+        raise LabError(f"not a `show servers state` answer: {answer[:300]!r}")
+    header = lines[1].lstrip("# ").split()
+    rows = (dict(zip(header, line.split(), strict=False)) for line in lines[2:])
+    return {row["srv_name"]: row for row in rows if row.get("be_name") == backend}
+
+
+def colour_servers(path: Path, backend: str = "odoo") -> dict[str, dict[str, int]]:
+    """The lab's servers odoo-blue and odoo-green by colour: the weight in force
+    (`srv_uweight`) and the admin state bits (`srv_admin_state`, 0x01 = maintenance)."""
+    rows = state_rows(runtime_api(path, f"show servers state {backend}"), backend)
+    return {color: {"weight": int(rows[f"odoo-{color}"]["srv_uweight"]),
+                    "admin": int(rows[f"odoo-{color}"]["srv_admin_state"])}
+            for color in ("blue", "green")}
+
+
 def worker_pid(path: Path) -> int | None:
     """The pid of the worker answering on the runtime API socket (`show info`)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1)
-            sock.connect(os.fspath(path))
-            sock.sendall(b"show info\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+        answer = runtime_api(path, "show info", timeout=1)
     except OSError:
         return None
-    for line in data.decode(errors="replace").splitlines():
+    for line in answer.splitlines():
         if line.startswith("Pid:"):
             return int(line.split(":", 1)[1])
     return None
