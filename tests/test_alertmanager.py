@@ -17,13 +17,14 @@ import datetime as dt
 import json
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import until
 from watchdog.lab.alertmanager import AlertmanagerLab
 from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
@@ -51,7 +52,6 @@ ALERT_RULES = {"groups": [{"name": "odoo-canary", "rules": [{
     "annotations": {"summary": "5xx share of green is {{ $value | humanizePercentage }}"},
 }]}]}
 HAPROXY_MAINT = 0x01  # srv_admin_state: forced maintenance (set from the runtime API)
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -117,18 +117,6 @@ def alerts_received(lab: LabStack) -> dict[str, float]:
     """odoo_watchdog_alerts_received_total by status."""
     return {labels["status"]: value for labels, value in
             samples(daemon_metrics(lab), "odoo_watchdog_alerts_received_total")}
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str,
-                every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await probe()
-        if got is not None:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:g}s")
-        await asyncio.sleep(every)
 
 
 def describe(view: dict[str, Any]) -> str:

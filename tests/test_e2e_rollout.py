@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import until
 from watchdog.durations import parse_duration
 from watchdog.lab.haproxy import colour_servers, runtime_api
 from watchdog.lab.load import LoadClient
@@ -37,7 +38,6 @@ FORCED_MAINT = 0x01
 FORCED_DRAIN = 0x08
 DRAIN_TIMEOUT = 2.0  # LabStack's router drain_timeout
 
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------- HAProxy, directly
@@ -92,19 +92,6 @@ def describe(view: dict[str, Any]) -> str:
     rules = ", ".join(f"{r['name']}/{r['color']}={r['state']}({r['value']})"
                       for r in view.get("rules", []))
     return f"phase {view['phase']}, weights {view['weights']}, rules {rules}\n{events}"
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str,
-                every: float = 0.05) -> T:
-    """Poll `probe` until it returns something other than None."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await probe()
-        if got is not None:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:g}s")
-        await asyncio.sleep(every)
 
 
 async def wait_phase(lab: LabStack, phase: str, step: int | None = None,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import wait
 from watchdog import __version__
 from watchdog.durations import parse_duration
 from watchdog.lab.haproxy import colour_servers, runtime_api
@@ -91,15 +92,6 @@ def scrape(lab: LabStack) -> Scrape:
 # ------------------------------------------------------------------------------------ the story
 
 
-def wait(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:g}s")
-        time.sleep(every)
 
 
 FORCED_MAINT = 0x01  # HAProxy's srv_admin_state bit for maintenance set from the runtime API

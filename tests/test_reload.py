@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import wait
 from watchdog.lab.load import LoadClient
 from watchdog.lab.procs import http_ok
 from watchdog.lab.stack import LAB_RULES, LabStack
@@ -37,17 +38,6 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def wait(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:g}s")
-        time.sleep(every)
 
 
 def get_json(lab: LabStack, path: str) -> Any:
