@@ -186,7 +186,7 @@ class Daemon:
                     preflight if runtime.state.phase is Phase.PREFLIGHT else None,
                     previous_healthy))
                 await self._commit(runtime, decision)
-            await self._reconcile(runtime)
+            await self._reconcile(runtime, known=runtime.actual is not None)
         runtime.last_tick = self.clock()
         runtime.ticks += 1
 
@@ -369,9 +369,13 @@ class Daemon:
         runtime.actual = actual
         return actual
 
-    async def _reconcile(self, runtime: SiteRuntime) -> None:
-        """Make the router match the stored split (a reload or a person may have changed it)."""
-        actual = await self._read(runtime)
+    async def _reconcile(self, runtime: SiteRuntime, known: bool = False) -> None:
+        """Make the router match the stored split (a reload or a person may have changed it).
+
+        `known`: `runtime.actual` was read from the router in this tick (or set by a switch it
+        read back), so it is not asked again.
+        """
+        actual = runtime.actual if known else await self._read(runtime)
         desired = runtime.state.weights
         if actual is not None:
             try:
