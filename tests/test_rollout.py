@@ -11,6 +11,7 @@ from watchdog.config import RolloutConfig
 from watchdog.rollout import (
     Abort,
     ApplyWeights,
+    BadCommand,
     Command,
     Conflict,
     Decision,
@@ -77,7 +78,7 @@ class Driver:
         return self.state.phase
 
     def start(self) -> None:
-        self.cmd(Start("green", "17.0"))
+        self.cmd(Start("green", "17.0", id="r1"))
         self.tick(rules=OK, preflight=Preflight(True, "health ok, login ok"))
 
     def to_step(self, index: int) -> None:
@@ -103,8 +104,10 @@ def kinds(d: Decision) -> list[str]:
 
 def test_start_goes_to_preflight_and_asks_for_smoke_checks() -> None:
     drv = Driver()
-    d = drv.cmd(Start("green", "17.0", actor="alice"))
+    d = drv.cmd(Start("green", "17.0", actor="alice", id="r-42"))
     assert drv.phase is Phase.PREFLIGHT
+    assert drv.state.rollout is not None and drv.state.rollout.id == "r-42"
+    assert d.events[0].rollout_id == "r-42"
     assert RunPreflight("blue", "green") in d.actions
     assert kinds(d) == ["started"]
     assert d.events[0].actor == "alice"
@@ -113,7 +116,7 @@ def test_start_goes_to_preflight_and_asks_for_smoke_checks() -> None:
 
 def test_preflight_waits_for_its_result() -> None:
     drv = Driver()
-    drv.cmd(Start("green"))
+    drv.cmd(Start("green", id="r1"))
     d = drv.tick(after=10)
     assert drv.phase is Phase.PREFLIGHT
     assert not d.changed
@@ -121,7 +124,7 @@ def test_preflight_waits_for_its_result() -> None:
 
 def test_failed_preflight_aborts_with_traffic_untouched() -> None:
     drv = Driver()
-    drv.cmd(Start("green"))
+    drv.cmd(Start("green", id="r1"))
     d = drv.tick(preflight=Preflight(False, "login answered 500"))
     assert drv.phase is Phase.ABORTED
     assert weights_of(d) == []
@@ -131,7 +134,7 @@ def test_failed_preflight_aborts_with_traffic_untouched() -> None:
 
 def test_passed_preflight_enters_the_first_step() -> None:
     drv = Driver()
-    drv.cmd(Start("green"))
+    drv.cmd(Start("green", id="r1"))
     d = drv.tick(preflight=Preflight(True, "ok"))
     assert drv.phase is Phase.PROGRESSING
     assert weights_of(d) == [{"green": 10, "blue": 90}]
@@ -141,7 +144,7 @@ def test_passed_preflight_enters_the_first_step() -> None:
 
 def test_a_rollback_rule_firing_in_preflight_aborts_before_traffic_moves() -> None:
     drv = Driver()
-    drv.cmd(Start("green"))
+    drv.cmd(Start("green", id="r1"))
     d = drv.tick(rules={"health": rule("health", State.FIRING)},
                  preflight=Preflight(True, "ok"))
     assert drv.phase is Phase.ABORTED
@@ -150,7 +153,7 @@ def test_a_rollback_rule_firing_in_preflight_aborts_before_traffic_moves() -> No
 
 @pytest.mark.parametrize(
     ("cmd", "message"),
-    [(Start("blue"), "blue is already live"), (Promote(), "nothing to promote"),
+    [(Start("blue", id="r1"), "blue is already live"), (Promote(), "nothing to promote"),
      (Abort(), "nothing to abort")],
 )
 def test_commands_the_idle_phase_refuses(cmd: Command, message: str) -> None:
@@ -161,14 +164,19 @@ def test_commands_the_idle_phase_refuses(cmd: Command, message: str) -> None:
 
 def test_start_refuses_an_unknown_colour() -> None:
     with pytest.raises(ValueError, match="unknown colour 'red'"):
-        Driver().cmd(Start("red"))
+        Driver().cmd(Start("red", id="r1"))
+
+
+def test_start_needs_an_id_from_the_caller() -> None:
+    with pytest.raises(BadCommand, match="needs an id"):
+        Driver().cmd(Start("green"))
 
 
 def test_start_refuses_while_a_rollout_is_active() -> None:
     drv = Driver()
     drv.start()
     with pytest.raises(Conflict, match="already progressing"):
-        drv.cmd(Start("green"))
+        drv.cmd(Start("green", id="r1"))
 
 
 # ------------------------------------------------------------------ progressing
@@ -264,7 +272,7 @@ def test_promote_while_baking_ends_the_bake() -> None:
 
 def test_bluegreen_is_one_step_of_100_with_drain() -> None:
     drv = Driver()
-    drv.cmd(Start("green", strategy="bluegreen"))
+    drv.cmd(Start("green", strategy="bluegreen", id="r1"))
     d = drv.tick(preflight=Preflight(True, "ok"))
     assert [(a.weights, a.drain) for a in d.actions if isinstance(a, ApplyWeights)] == [
         ({"green": 100, "blue": 0}, True)]
@@ -368,7 +376,7 @@ def test_abort_sends_traffic_back_to_live(setup: Any) -> None:
 
 def test_abort_in_preflight_moves_no_traffic() -> None:
     drv = Driver()
-    drv.cmd(Start("green"))
+    drv.cmd(Start("green", id="r1"))
     d = drv.cmd(Abort())
     assert drv.phase is Phase.ABORTED
     assert weights_of(d) == []
@@ -414,7 +422,7 @@ def test_no_failback_after_keep_previous() -> None:
 
 def test_a_new_rollout_ends_the_failback_window() -> None:
     drv = promoted()
-    drv.cmd(Start("blue", "18.0"))
+    drv.cmd(Start("blue", "18.0", id="r1"))
     assert drv.state.previous is None
     assert drv.state.target == "blue"
 

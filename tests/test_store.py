@@ -15,7 +15,7 @@ from watchdog.store import Store, StoreError, state_from_json, state_to_json
 def progressing_state() -> tuple[object, tuple[Event, ...]]:
     cfg = RolloutConfig.model_validate({"steps": [{"weight": 10, "hold": "1m"}, "pause",
                                                   {"weight": 100}]})
-    d1 = command(initial("odoo", "blue"), Start("green", "17.0"), 100.0, cfg)
+    d1 = command(initial("odoo", "blue"), Start("green", "17.0", id="r1"), 100.0, cfg)
     d2 = tick(d1.state, Tick(101.0, {}, d1.state.weights, Preflight(True, "ok")))
     return d2.state, d1.events + d2.events
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -172,7 +173,8 @@ async def start_rollout(request: web.Request) -> web.Response:
     if strategy is not None and strategy not in ("canary", "bluegreen"):
         raise BadRequest(f"field 'strategy' must be canary or bluegreen, got {strategy!r}")
     request.app[DAEMON].site_view(request.match_info["site"])  # 404 before anything else
-    cmd = rollout.Start(color_field(data), data.get("version", ""), strategy, actor(request))
+    cmd = rollout.Start(color_field(data), data.get("version", ""), strategy, actor(request),
+                        id=uuid.uuid4().hex[:12])
     return await _command(request, cmd, status=201)
 
 

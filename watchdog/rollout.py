@@ -12,7 +12,6 @@ only when its step's hold is over and no rule is pending, firing or holding.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -176,10 +175,14 @@ class Tick:
 
 @dataclass(frozen=True)
 class Start:
+    """Start a rollout to `to`; `id` names it in the audit log (made by the caller, so this
+    module stays a pure function of its inputs)."""
+
     to: str
     version: str = ""
     strategy: str | None = None
     actor: str = "api"
+    id: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -309,12 +312,14 @@ def _start(state: SiteState, cmd: Start, now: float, config: RolloutConfig) -> D
         raise Conflict(f"a rollout of {state.site} is already {state.phase}", state.phase)
     if cmd.to not in COLORS:
         raise BadCommand(f"unknown colour {cmd.to!r}: colours are blue and green")
+    if not cmd.id:
+        raise BadCommand("a rollout needs an id")
     if cmd.to == state.live:
         raise Conflict(f"{cmd.to} is already live on {state.site}; deploy to {other(cmd.to)}",
                        state.phase)
     strategy = cmd.strategy or config.strategy
     rollout = Rollout(
-        id=uuid.uuid4().hex[:12], live=state.live, candidate=cmd.to, version=cmd.version,
+        id=cmd.id, live=state.live, candidate=cmd.to, version=cmd.version,
         strategy=strategy, steps=steps_of(config, strategy), bake=config.bake,
         keep_previous=config.keep_previous, phase=Phase.PREFLIGHT, started_at=now, actor=cmd.actor,
         reason=f"{cmd.actor} asked for {cmd.to}" + (f" {cmd.version}" if cmd.version else ""),
