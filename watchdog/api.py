@@ -133,7 +133,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_sites(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return web.json_response({"sites": daemon.sites_view(), "config": daemon.config_view()})
+    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view()})
 
 
 async def alertmanager(request: web.Request) -> web.Response:
@@ -153,8 +153,8 @@ async def alertmanager(request: web.Request) -> web.Response:
 
 
 async def get_site(request: web.Request) -> web.Response:
-    return web.json_response(request.app[DAEMON].site_view(request.match_info["site"],
-                                                           events=50))
+    return web.json_response(await request.app[DAEMON].site_view(request.match_info["site"],
+                                                                 events=50))
 
 
 async def _command(request: web.Request, cmd: rollout.Command, status: int = 200) -> web.Response:
@@ -164,7 +164,7 @@ async def _command(request: web.Request, cmd: rollout.Command, status: int = 200
         await daemon.command(name, cmd)
     except rollout.BadCommand as exc:
         raise BadRequest(str(exc)) from None
-    return web.json_response(daemon.site_view(name), status=status)
+    return web.json_response(await daemon.site_view(name), status=status)
 
 
 async def start_rollout(request: web.Request) -> web.Response:
@@ -172,7 +172,7 @@ async def start_rollout(request: web.Request) -> web.Response:
     strategy = data.get("strategy")
     if strategy is not None and strategy not in ("canary", "bluegreen"):
         raise BadRequest(f"field 'strategy' must be canary or bluegreen, got {strategy!r}")
-    request.app[DAEMON].site_view(request.match_info["site"])  # 404 before anything else
+    request.app[DAEMON].require_site(request.match_info["site"])  # 404 before anything else
     cmd = rollout.Start(color_field(data), data.get("version", ""), strategy, actor(request),
                         id=uuid.uuid4().hex[:12])
     return await _command(request, cmd, status=201)
@@ -191,7 +191,7 @@ async def abort(request: web.Request) -> web.Response:
 
 async def switch(request: web.Request) -> web.Response:
     data = await body(request, {"to": str}, required=("to",))
-    request.app[DAEMON].site_view(request.match_info["site"])
+    request.app[DAEMON].require_site(request.match_info["site"])
     return await _command(request, rollout.Switch(color_field(data), actor(request)))
 
 

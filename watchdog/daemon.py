@@ -508,14 +508,20 @@ class Daemon:
 
     # ---------------------------------------------------------------- views
 
-    def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
+    def require_site(self, name: str) -> None:
+        """UnknownSite (the API's 404) unless the daemon runs a site of that name."""
+        if name not in self.sites:
+            raise UnknownSite(name)
+
+    async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
         runtime = self.sites.get(name)
         if runtime is None:
             raise UnknownSite(name)
-        return views.site_view(self, runtime, events)
+        recent = await asyncio.to_thread(self.store.events, name, events) if events else None
+        return views.site_view(self, runtime, recent)
 
-    def sites_view(self) -> list[dict[str, Any]]:
-        return [self.site_view(name) for name in self.sites]
+    async def sites_view(self) -> list[dict[str, Any]]:
+        return [await self.site_view(name) for name in self.sites]
 
     def config_view(self) -> dict[str, Any]:
         return {"path": str(self.loaded.path), "last_reload_successful": not self.reload_error,

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from watchdog.daemon import Daemon, SiteRuntime
 
 
-def site_view(daemon: Daemon, runtime: SiteRuntime, events: int = 0) -> dict[str, Any]:
+def site_view(daemon: Daemon, runtime: SiteRuntime,
+              events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     state = runtime.state
     view: dict[str, Any] = {
         "site": runtime.name,
@@ -31,8 +32,8 @@ def site_view(daemon: Daemon, runtime: SiteRuntime, events: int = 0) -> dict[str
         "last_tick": runtime.last_tick,
         "interval": runtime.config.rollout.interval,
     }
-    if events:
-        view["events"] = daemon.store.events(runtime.name, events)
+    if events is not None:
+        view["events"] = events
     return view
 
 
