@@ -33,7 +33,8 @@ from watchdog.lab.standin import (
     get_faults,
     set_faults,
 )
-from watchdog.lab.standin_rpc import OdooBackend, ServerError
+from watchdog.lab.standin.errors import ServerError
+from watchdog.lab.standin.services import OdooBackend
 
 LOG_LINE = re.compile(
     r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<pid>\d+) (?P<level>[A-Z]+) "

@@ -1,0 +1,77 @@
+"""The stand-in's log: Odoo-format lines to a file (reopened when moved away) and/or stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+
+class OdooLog:
+    """Writes `%(asctime)s %(pid)s %(levelname)s %(dbname)s %(name)s: %(message)s %(perf_info)s`.
+
+    Like Odoo (16+), every line ends with `" " + perf_info`: the werkzeug access lines carry
+    "query_count query_time remaining_time", all others an empty perf_info (a trailing space).
+    The file is reopened when it is moved away (Odoo uses a WatchedFileHandler). Each record is
+    written and flushed at once.
+    """
+
+    def __init__(self, path: Path | None, to_stdout: bool) -> None:
+        self.path = path
+        self.to_stdout = to_stdout
+        self._lock = threading.Lock()
+        self._stream: IO[str] | None = None
+        self._ident: tuple[int, int] | None = None
+
+    def write(
+        self,
+        level: str,
+        name: str,
+        message: str,
+        *,
+        dbname: str = "?",
+        perf_info: str = "",
+        exc_text: str | None = None,
+    ) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        msecs = int(now % 1 * 1000)
+        text = f"{stamp},{msecs:03d} {os.getpid()} {level} {dbname} {name}: {message} {perf_info}"
+        if exc_text:
+            text += "\n" + exc_text.rstrip("\n")
+        self._emit(text + "\n")
+
+    def _open(self) -> IO[str]:
+        assert self.path is not None
+        if self._stream is not None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._ident:
+                    return self._stream
+            except FileNotFoundError:
+                pass
+            self._stream.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.path, "a", encoding="utf-8")
+        st = os.fstat(self._stream.fileno())
+        self._ident = (st.st_dev, st.st_ino)
+        return self._stream
+
+    def _emit(self, text: str) -> None:
+        with self._lock:
+            if self.path is not None:
+                stream = self._open()
+                stream.write(text)
+                stream.flush()
+            if self.to_stdout:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None

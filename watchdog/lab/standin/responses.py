@@ -1,0 +1,162 @@
+"""The bodies the stand-in answers, as Odoo's layers shape them: werkzeug's HTML error pages,
+the health JSON, Odoo's JSON-RPC envelope (and the errors of a bad request), XML-RPC method
+responses and faults, HTML pages' framing headers and the session cookie.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import xmlrpc.client
+from typing import Any
+
+from aiohttp import web
+
+from watchdog.lab.standin.errors import OdooError, ServerError
+from watchdog.lab.standin.state import Standin
+
+SESSION_MAX_AGE = 7 * 24 * 3600
+JSON_CONTENT_TYPES = ("application/json", "application/json-rpc")
+
+# ---------------------------------------------------------------------------------------------
+
+_ERROR_PAGES = {
+    500: (
+        "Internal Server Error",
+        "The server encountered an internal error and was unable to complete your request. "
+        "Either the server is overloaded or there is an error in the application.",
+    ),
+    503: (
+        "Service Unavailable",
+        "The server is temporarily unable to service your request due to maintenance downtime "
+        "or capacity problems.  Please try again later.",
+    ),
+    400: (
+        "Bad Request",
+        "The browser (or proxy) sent a request that this server could not understand.",
+    ),
+}
+
+
+def error_page(status: int, detail: str | None = None) -> web.Response:
+    """Werkzeug's HTML error page, as Odoo's http routes answer it."""
+    title, text = _ERROR_PAGES[status]
+    body = (
+        f"<!doctype html>\n<html lang=en>\n<title>{status} {title}</title>\n"
+        f"<h1>{title}</h1>\n<p>{html.escape(detail or text)}</p>\n"
+    )
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+def health_response(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
+    )
+
+
+def jsonrpc_response(
+    req_id: Any, *, result: Any = None, error: dict[str, Any] | None = None, status: int = 200
+) -> web.Response:
+    """Odoo's JSON-RPC envelope: errors answer HTTP 200 too; `result` is left out when None."""
+    payload: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id}
+    if error is not None:
+        payload["error"] = error
+    if result is not None:
+        payload["result"] = result
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def log_odoo_error(state: Standin, err: OdooError) -> None:
+    """What Odoo's HTTP layer logs for an exception escaping a route."""
+    if err.log_level == "ERROR":
+        state.log.write(
+            "ERROR",
+            "odoo.http",
+            "Exception during request handling.",
+            dbname=state.settings.db,
+            exc_text=err.traceback_text(),
+        )
+    elif err.log_level is not None:
+        state.log.write(err.log_level, "odoo.http", err.message, dbname=state.settings.db)
+
+
+async def read_jsonrpc(request: web.Request) -> tuple[Any, dict[str, Any]] | web.Response:
+    """(id, params) of a JSON-RPC request, or the error response Odoo gives for a bad one."""
+    ctype = request.content_type
+    if ctype not in JSON_CONTENT_TYPES:
+        return error_page(
+            400,
+            f"Request inferred type is compatible with ['http'] but {request.path!r} is "
+            "type='json'. Please verify the Content-Type request header and try again.",
+        )
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError as exc:
+        err = ServerError(
+            "werkzeug.exceptions.BadRequest", f"400 Bad Request: Invalid JSON data: {exc}"
+        )
+        return jsonrpc_response(None, error=err.json_error())
+    if not isinstance(body, dict):
+        err = ServerError(
+            "werkzeug.exceptions.BadRequest", "400 Bad Request: Invalid JSON-RPC data"
+        )
+        return jsonrpc_response(None, error=err.json_error())
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        err = ServerError("builtins.TypeError", "params must be an object")
+        return jsonrpc_response(body.get("id"), error=err.json_error())
+    return body.get("id"), params
+
+
+def require(name: str, params: dict[str, Any], *names: str) -> None:
+    missing = [n for n in names if n not in params]
+    if missing:
+        quoted = " and ".join(repr(m) for m in missing)
+        raise ServerError(
+            "builtins.TypeError",
+            f"{name}() missing {len(missing)} required positional argument"
+            f"{'s' if len(missing) > 1 else ''}: {quoted}",
+        )
+
+
+def set_session_cookie(response: web.StreamResponse, sid: str) -> None:
+    response.set_cookie(
+        "session_id", sid, max_age=SESSION_MAX_AGE, httponly=True, path="/", samesite="Lax"
+    )
+
+
+def html_response(body: str, status: int = 200) -> web.Response:
+    resp = web.Response(status=status, text=body, content_type="text/html")
+    resp.headers["X-Frame-Options"] = "SAMEORIGIN"
+    resp.headers["Content-Security-Policy"] = "frame-ancestors 'self'"
+    return resp
+
+
+def xmlrpc_response(result: Any) -> str:
+    """A methodResponse body; marshalling errors become fault 1 like Odoo's."""
+    try:
+        body = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=False)
+    except (TypeError, OverflowError) as exc:
+        err = ServerError(f"builtins.{type(exc).__name__}", str(exc))
+        body = xmlrpc.client.dumps(err.fault(), methodresponse=True)
+    return body
+
+
+def xmlrpc_fault(error: OdooError) -> str:
+    return xmlrpc.client.dumps(error.fault(), methodresponse=True)
+
+
+def parse_xmlrpc(body: bytes) -> tuple[str, list[Any]]:
+    try:
+        params, method = xmlrpc.client.loads(body, use_datetime=True)
+    except Exception as exc:
+        raise ServerError(f"{type(exc).__module__}.{type(exc).__name__}", str(exc)) from exc
+    if method is None:
+        raise ServerError("builtins.ValueError", "not an XML-RPC methodCall")
+    return method, list(params)
