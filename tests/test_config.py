@@ -20,6 +20,7 @@ from watchdog.config import (
     render,
 )
 from watchdog.durations import DurationError, format_duration, parse_duration
+from watchdog.rollout import steps_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = Path(__file__).resolve().parent / "data" / "broken"
@@ -137,7 +138,7 @@ def test_defaults_of_a_minimal_config(tmp_path: Path) -> None:
     cfg = load_config(config)
     assert cfg.api.listen == "127.0.0.1:9721"
     site = cfg.sites["odoo"]
-    assert [getattr(s, "weight", s) for s in site.rollout.effective_steps] == [10, 50, 100]
+    assert [s.weight for s in steps_of(site.rollout)] == [10, 50, 100]
     assert site.rollout.smoke == ["health", "login"]
     assert site.live == "blue"
 
@@ -148,8 +149,8 @@ def test_bluegreen_strategy_is_one_step_of_100(tmp_path: Path) -> None:
         RULES_CONFIG.format(rule_file="x.yml").replace("rule_files: [x.yml]\n", "")
         + "    rollout: {strategy: bluegreen}\n"
     )
-    steps = load_config(config).sites["odoo"].rollout.effective_steps
-    assert [getattr(s, "weight", s) for s in steps] == [100]
+    steps = steps_of(load_config(config).sites["odoo"].rollout)
+    assert [s.weight for s in steps] == [100]
 
 
 @pytest.mark.parametrize(

@@ -4,38 +4,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from watchdog.client import ApiError, Client, read_token
-from watchdog.config import ConfigError, load
+from watchdog.config import ConfigError, LoadedConfig, load
 from watchdog.durations import format_duration
+from watchdog.secrets import SecretError
+
+DEFAULT_API = "http://127.0.0.1:9721"
+
+
+def api_url(url: str | None, loaded: LoadedConfig | None) -> str:
+    """`--url` if given, else the config's api.listen (a wildcard address is reached on
+    127.0.0.1), else the default listen address."""
+    if url:
+        return url.rstrip("/")
+    if loaded is None:
+        return DEFAULT_API
+    host, port = loaded.config.api.host_port
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def client_from(args: argparse.Namespace) -> Client:
     """The API from --url or the config's api.listen; the token from env or token_file."""
-    token_file = None
-    url = getattr(args, "url", None)
+    loaded = None
     if getattr(args, "config", None):
         try:
             loaded = load(Path(args.config))
         except ConfigError as exc:
             raise SystemExit(_fail("\n".join(str(p) for p in exc.problems))) from None
-        host, port = loaded.config.api.host_port
-        if url is None:
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        token_file = loaded.config.api.token_file
-        if token_file is not None and not token_file.is_absolute():
-            token_file = Path(args.config).parent / token_file
-    token = read_token(token_file)
-    if token is None and token_file is not None and "ODOO_WATCHDOG_TOKEN" not in os.environ:
-        print(f"warning: cannot read api.token_file {token_file}; sending no token",
-              file=sys.stderr)
-    return Client(url or "http://127.0.0.1:9721", token)
+    token_file = loaded.config.api.token_file if loaded is not None else None
+    try:
+        token = read_token(token_file, loaded.path.parent if loaded is not None else Path())
+    except SecretError as exc:
+        print(f"warning: {exc}; sending no token", file=sys.stderr)
+        token = None
+    return Client(api_url(getattr(args, "url", None), loaded), token)
 
 
 def _fail(message: str) -> int:

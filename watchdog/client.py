@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from watchdog.secrets import read_secret
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -19,17 +21,15 @@ class ApiError(Exception):
         self.status = status
 
 
-def read_token(token_file: Path | None) -> str | None:
-    """ODOO_WATCHDOG_TOKEN wins; else the config's token_file; else no token."""
+def read_token(token_file: Path | None, config_dir: Path) -> str | None:
+    """ODOO_WATCHDOG_TOKEN wins; else the config's token_file (SecretError when it cannot be
+    used); else no token."""
     env = os.environ.get("ODOO_WATCHDOG_TOKEN")
     if env:
         return env.strip()
     if token_file is None:
         return None
-    try:
-        return token_file.read_text().strip() or None
-    except OSError:
-        return None
+    return read_secret(token_file, config_dir, "api.token_file")
 
 
 class Client:

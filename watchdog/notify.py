@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 
 from watchdog.config import NotifyTarget
+from watchdog.secrets import read_secret
 
 log = structlog.get_logger("odoo_watchdog.notify")
 RETRIES = 3
@@ -42,19 +43,14 @@ class Target:
 
 
 def resolve(targets: list[NotifyTarget], base: Path) -> list[Target]:
-    """Read url_file secrets now; a missing secret file is a clear error at start."""
+    """Read url_file secrets now; a missing secret file is a clear error at start
+    (SecretError, a ValueError)."""
     out = []
     for spec in targets:
         url = spec.url
         if url is None:
-            assert spec.url_file is not None
-            path = spec.url_file if spec.url_file.is_absolute() else base / spec.url_file
-            try:
-                url = path.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"notify {spec.kind}: url_file {path}: {exc.strerror}") from None
-            if not url:
-                raise ValueError(f"notify {spec.kind}: url_file {path} is empty")
+            assert spec.url_file is not None  # NotifyTarget validates: one of url, url_file
+            url = read_secret(spec.url_file, base, f"notify {spec.kind}: url_file")
         out.append(Target(spec.kind, url, spec.timeout))
     return out
 

@@ -7,21 +7,14 @@ signature changes.
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 
+from watchdog.rulefiles import rule_paths
+
+__all__ = ["Signature", "rule_paths", "signature"]
+
 Signature = tuple[tuple[str, int, int], ...]
-
-
-def rule_paths(config_path: Path, patterns: list[str]) -> list[Path]:
-    out: list[Path] = []
-    for pattern in patterns:
-        full = pattern if Path(pattern).is_absolute() else str(config_path.parent / pattern)
-        found = sorted(Path(p) for p in glob.glob(full)) if glob.has_magic(pattern) else [
-            Path(full)]
-        out.extend(p for p in found if p not in out)
-    return out
 
 
 def signature(paths: list[Path]) -> Signature:

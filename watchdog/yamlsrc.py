@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 Path_ = tuple[str | int, ...]
 
@@ -122,6 +122,14 @@ def _walk(
             _walk(item, (*path, index), lines, problems, file)
 
 
+def display_name(path: Path) -> str:
+    """How `path` is named in problems: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def read(path: Path, display: str | None = None) -> Document:
     name = display or str(path)
     try:
@@ -156,6 +164,17 @@ def problems_from(
         where = describe(data_path) if describe else dotted(data_path)
         problems.append(Problem(doc.file, doc.line_of(loc), _message(err, where)))
     return problems
+
+
+def validate(model: type[BaseModel], doc: Document, describe: Any = None) -> Any:
+    """`doc` as a `model`, or ConfigError with every problem at its `file:line`."""
+    if not isinstance(doc.data, dict):
+        got = "an empty file" if doc.data is None else f"a {type(doc.data).__name__}"
+        raise ConfigError([Problem(doc.file, 1, f"expected a mapping at the top, got {got}")])
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc, doc, describe=describe)) from None
 
 
 _NAMES_A_KEY = frozenset({"missing", "union_tag_invalid", "union_tag_not_found"})

@@ -6,17 +6,22 @@ from watchdog.routers.base import (
     RouterError,
     Weights,
     WeightsError,
-    create,
     format_weights,
-    kinds,
     parse_weights,
-    register,
     validate_weights,
 )
+from watchdog.routers.haproxy import HaproxyRouterConfig
+from watchdog.routers.nginx import NginxRouterConfig
+from watchdog.routers.registry import RouterConfig, create, kinds
+from watchdog.routers.traefik import TraefikRouterConfig
 
 __all__ = [
+    "HaproxyRouterConfig",
+    "NginxRouterConfig",
     "Router",
+    "RouterConfig",
     "RouterError",
+    "TraefikRouterConfig",
     "Weights",
     "WeightsError",
     "create",
@@ -25,7 +30,6 @@ __all__ = [
     "kinds",
     "nginx",
     "parse_weights",
-    "register",
     "traefik",
     "validate_weights",
 ]

@@ -1,4 +1,4 @@
-"""The contract of a traffic switch, and the registry from `router.kind` to its class.
+"""The contract of a traffic switch, and what every router kind's config model has.
 
 Like Flagger's router interface: read the split, set the split, check the switch is usable.
 Weights are whole percentages per colour that sum to 100; anything else is refused here,
@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from watchdog.config import COLORS, SiteConfig
+from watchdog.schema import COLORS, Strict
+
+if TYPE_CHECKING:
+    from watchdog.config import ColorConfig, SiteConfig
 
 Weights = dict[str, int]
 
@@ -141,26 +144,16 @@ class Router(Protocol):
     async def close(self) -> None: ...
 
 
-RouterFactory = Callable[[str, SiteConfig], Router]
-_REGISTRY: dict[str, RouterFactory] = {}
+class RouterConfigBase(Strict):
+    """The config model of one router kind (`router:` of a site), defined in the kind's module.
 
+    Each kind also has `kind: Literal[...]` (the discriminator of `registry.RouterConfig`) and
+    `backend`: the name the access log and the rule templates use for the site's backend.
+    """
 
-def register(kind: str) -> Callable[[RouterFactory], RouterFactory]:
-    def add(factory: RouterFactory) -> RouterFactory:
-        _REGISTRY[kind] = factory
-        return factory
+    def check_colors(self, colors: Mapping[str, ColorConfig]) -> None:
+        """Raise ValueError when a colour's `server` cannot name a server of this router."""
 
-    return add
-
-
-def kinds() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
-
-
-def create(site_name: str, site: SiteConfig) -> Router:
-    kind = site.router.kind
-    try:
-        factory = _REGISTRY[kind]
-    except KeyError:
-        raise RouterError(f"no router of kind {kind!r} (known: {', '.join(kinds())})") from None
-    return factory(site_name, site)
+    def create(self, site_name: str, site: SiteConfig) -> Router:
+        """The router of `site`, whose `router` is this config."""
+        raise NotImplementedError

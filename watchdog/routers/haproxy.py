@@ -17,17 +17,25 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from watchdog.config import COLORS, SiteConfig
-from watchdog.config import HaproxyRouter as HaproxyConfig
+from pydantic import Field
+
 from watchdog.routers.base import (
+    RouterConfigBase,
     RouterError,
     Weights,
     percentages,
-    register,
     validate_weights,
     write_atomic,
 )
+from watchdog.schema import COLORS, Duration
+
+if TYPE_CHECKING:
+    from watchdog.config import SiteConfig
+
+__all__ = ["HaproxyRouter", "HaproxyRouterConfig", "parse_servers_state"]
 
 # srv_admin_state bits (HAProxy's server.h): forced/inherited/config maintenance,
 # forced/inherited drain, resolution and hostname maintenance.
@@ -43,6 +51,22 @@ _KNOWN_ERRORS = {
         "(use `stats socket ... level admin` in haproxy.cfg)"
     ),
 }
+
+
+class HaproxyRouterConfig(RouterConfigBase):
+    """HAProxy's runtime API; `server` of each colour is the HAProxy server name."""
+
+    kind: Literal["haproxy"]
+    socket: str  # a unix socket path, or host:port of a TCP stats socket
+    backend: str  # the HAProxy backend, which is also the site's `backend`
+    # Where `show servers state` is written after every change, so a reload keeps the split;
+    # the same path as `server-state-file` in haproxy.cfg.
+    state_file: Path | None = None
+    drain_timeout: Duration = Field(30.0, ge=0)  # drain, then maint, for a colour given up
+    timeout: Duration = Field(2.0, gt=0)
+
+    def create(self, site_name: str, site: SiteConfig) -> HaproxyRouter:
+        return HaproxyRouter(site_name, site)
 
 
 @dataclass(frozen=True)
@@ -119,7 +143,8 @@ class HaproxyRouter:
 
     def __init__(self, site_name: str, site: SiteConfig) -> None:
         config = site.router
-        assert isinstance(config, HaproxyConfig)
+        if not isinstance(config, HaproxyRouterConfig):
+            raise RouterError(f"site {site_name!r}: router kind is {config.kind}, not haproxy")
         self.site = site_name
         self.config = config
         self.backend = config.backend
@@ -304,8 +329,3 @@ def parse_servers_state(answer: str, backend: str) -> dict[str, ServerState]:
         except (KeyError, ValueError) as exc:
             raise RouterError(f"cannot read HAProxy server state line {line!r}: {exc}") from None
     return out
-
-
-@register("haproxy")
-def _factory(site_name: str, site: SiteConfig) -> HaproxyRouter:
-    return HaproxyRouter(site_name, site)

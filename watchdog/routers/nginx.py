@@ -22,25 +22,55 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from watchdog import config
-from watchdog.config import COLORS, SiteConfig
+from pydantic import Field
+
 from watchdog.routers.base import (
-    Router,
+    RouterConfigBase,
     RouterError,
     Weights,
-    check_writable,
     percentages,
-    register,
     validate_weights,
-    write_atomic,
 )
+from watchdog.routers.files import OwnedFile
+from watchdog.schema import COLORS, Duration
 
-__all__ = ["NginxRouter", "parse_upstream", "render_upstream"]
+if TYPE_CHECKING:
+    from watchdog.config import ColorConfig, SiteConfig
+
+__all__ = ["NginxRouter", "NginxRouterConfig", "parse_upstream", "render_upstream"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _COMMENT = re.compile(r"#[^\n]*")
 _UPSTREAM = re.compile(r"\bupstream\s+(\S+)\s*\{([^{}]*)\}")
+_ADDRESS = re.compile(r"(unix:/\S+|\[?[\w.:-]+\]?:\d{1,5})")
+
+
+class NginxRouterConfig(RouterConfigBase):
+    """An upstream block the daemon owns; `server` of each colour is its host:port."""
+
+    kind: Literal["nginx"]
+    upstream_file: Path
+    upstream: str
+    reload: str = "nginx -s reload"
+    test: str = "nginx -t"
+    timeout: Duration = Field(30.0, gt=0)
+
+    @property
+    def backend(self) -> str:
+        return self.upstream
+
+    def check_colors(self, colors: Mapping[str, ColorConfig]) -> None:
+        for color, spec in colors.items():
+            if not _ADDRESS.fullmatch(spec.server):
+                raise ValueError(
+                    f"colours.{color}.server {spec.server!r}: with an nginx router, server "
+                    "is the upstream address, host:port (e.g. 127.0.0.1:8069)"
+                )
+
+    def create(self, site_name: str, site: SiteConfig) -> NginxRouter:
+        return NginxRouter(site_name, site)
 
 
 def render_upstream(
@@ -145,33 +175,25 @@ class NginxRouter:
 
     def __init__(self, site_name: str, site: SiteConfig) -> None:
         router = site.router
-        if not isinstance(router, config.NginxRouter):
+        if not isinstance(router, NginxRouterConfig):
             raise RouterError(f"site {site_name!r}: router kind is {router.kind}, not nginx")
         if not _NAME.match(router.upstream):
             raise RouterError(f"site {site_name!r}: bad upstream name {router.upstream!r}")
         self.site_name = site_name
         self.path = Path(router.upstream_file)
+        self.file = OwnedFile(self.path, site_name, "upstream file")
         self.upstream = router.upstream
         self.test_command = router.test
         self.reload_command = router.reload
         self.timeout = router.timeout
         self.servers = {color: site.colors[color].server for color in COLORS}
         self._colors = {server: color for color, server in self.servers.items()}
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"NginxRouter(site={self.site_name!r}, file={str(self.path)!r})"
 
     async def get_weights(self) -> Weights:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            raise RouterError(
-                f"site {self.site_name!r}: upstream file {self.path} does not exist "
-                "(it is written on the first change of the split)"
-            ) from None
-        except OSError as exc:
-            raise RouterError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        text = self.file.read_text()
         raw = {color: 0 for color in COLORS}
         for server in parse_upstream(text, self.path, self.upstream):
             color = self._colors.get(server.address)
@@ -194,29 +216,19 @@ class NginxRouter:
         """
         wanted = validate_weights(weights)
         text = render_upstream(self.site_name, self.upstream, self.servers, wanted)
-        async with self._lock:
-            previous = self._read_previous()
-            mode = self._mode()
-            # fsync can take a while on a busy disk: not on the event loop
-            await asyncio.to_thread(self._write, text.encode(), mode)
-            for step, command in (("test", self.test_command), ("reload", self.reload_command)):
-                result = await _run(command, self.timeout)
-                if not result.ok:
-                    restored = await asyncio.to_thread(self._restore, previous, mode)
-                    raise RouterError(
-                        f"{command} failed for {self.path}: {result.detail}; {restored}"
-                        + (" (nginx was not reloaded)" if step == "test" else "")
-                    )
-            got = await self.get_weights()
-        if got != wanted:
-            raise RouterError(
-                f"{self.path}: wrote {wanted} but read back {got}; the file was changed "
-                "by someone else meanwhile, or cannot express this split"
-            )
-        return got
+        return await self.file.replace(text.encode(), wanted, self.get_weights,
+                                       apply=self._test_and_reload, cannot_express=True)
+
+    async def _test_and_reload(self) -> str | None:
+        for step, command in (("test", self.test_command), ("reload", self.reload_command)):
+            result = await _run(command, self.timeout)
+            if not result.ok:
+                return (f"{command} failed for {self.path}: {result.detail}"
+                        + (" (nginx was not reloaded)" if step == "test" else ""))
+        return None
 
     async def check(self) -> None:
-        check_writable(self.path)
+        self.file.check_writable()
         if self.path.exists():
             await self.get_weights()  # ours, and readable
         result = await _run(self.test_command, self.timeout)
@@ -228,39 +240,3 @@ class NginxRouter:
 
     async def close(self) -> None:
         return None
-
-    def _read_previous(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise RouterError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-
-    def _mode(self) -> int:
-        try:
-            return self.path.stat().st_mode & 0o777
-        except OSError:
-            return 0o644
-
-    def _write(self, data: bytes, mode: int) -> None:
-        try:
-            write_atomic(self.path, data, mode)
-        except OSError as exc:
-            raise RouterError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-    def _restore(self, previous: bytes | None, mode: int) -> str:
-        """Put the previous file back; say what was done, for the error message."""
-        try:
-            if previous is None:
-                self.path.unlink(missing_ok=True)
-                return "the new file was removed (there was none before)"
-            write_atomic(self.path, previous, mode)
-        except OSError as exc:
-            return f"AND restoring the previous file failed: {exc.strerror or exc}"
-        return "previous file restored"
-
-
-@register("nginx")
-def create(site_name: str, site: SiteConfig) -> Router:
-    return NginxRouter(site_name, site)

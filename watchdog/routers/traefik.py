@@ -19,27 +19,26 @@ put back by changing only the list.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from watchdog import config
-from watchdog.config import COLORS, SiteConfig
 from watchdog.routers.base import (
-    Router,
+    RouterConfigBase,
     RouterError,
     Weights,
-    check_writable,
     percentages,
-    register,
     validate_weights,
-    write_atomic,
 )
+from watchdog.routers.files import OwnedFile
+from watchdog.schema import COLORS
 
-__all__ = ["TraefikRouter", "render_dynamic"]
+if TYPE_CHECKING:
+    from watchdog.config import ColorConfig, SiteConfig
+
+__all__ = ["TraefikRouter", "TraefikRouterConfig", "render_dynamic"]
 
 HEADER = """\
 # Managed by odoo-watchdog for site {site!r}: the weighted service {service!r} and the
@@ -50,9 +49,25 @@ HEADER = """\
 """
 
 
+class TraefikRouterConfig(RouterConfigBase):
+    """A weighted service in a file-provider dynamic file; `server` is each colour's service."""
+
+    kind: Literal["traefik"]
+    dynamic_file: Path
+    service: str
+    sticky_cookie: str | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.service
+
+    def create(self, site_name: str, site: SiteConfig) -> TraefikRouter:
+        return TraefikRouter(site_name, site)
+
+
 def render_dynamic(
     service: str,
-    colors: Mapping[str, config.ColorConfig],
+    colors: Mapping[str, ColorConfig],
     weights: Mapping[str, int],
     sticky_cookie: str | None,
 ) -> dict[str, Any]:
@@ -81,7 +96,7 @@ class TraefikRouter:
 
     def __init__(self, site_name: str, site: SiteConfig) -> None:
         router = site.router
-        if not isinstance(router, config.TraefikRouter):
+        if not isinstance(router, TraefikRouterConfig):
             raise RouterError(f"site {site_name!r}: router kind is {router.kind}, not traefik")
         if "@" in router.service or not router.service.strip():
             raise RouterError(
@@ -90,11 +105,11 @@ class TraefikRouter:
             )
         self.site_name = site_name
         self.path = Path(router.dynamic_file)
+        self.file = OwnedFile(self.path, site_name, "dynamic file")
         self.service = router.service
         self.sticky_cookie = router.sticky_cookie
         self.colors = {color: site.colors[color] for color in COLORS}
         self._by_server = {spec.server: color for color, spec in self.colors.items()}
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"TraefikRouter(site={self.site_name!r}, file={str(self.path)!r})"
@@ -106,15 +121,7 @@ class TraefikRouter:
         return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
     async def get_weights(self) -> Weights:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            raise RouterError(
-                f"site {self.site_name!r}: dynamic file {self.path} does not exist "
-                "(it is written on the first change of the split)"
-            ) from None
-        except OSError as exc:
-            raise RouterError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        text = self.file.read_text()
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -156,26 +163,10 @@ class TraefikRouter:
         at once, because Traefik ignores a sticky cookie naming a child it no longer has.
         """
         wanted = validate_weights(weights)
-        data = self.render(wanted).encode()
-        async with self._lock:
-            try:
-                mode = self.path.stat().st_mode & 0o777
-            except OSError:
-                mode = 0o644
-            try:
-                await asyncio.to_thread(write_atomic, self.path, data, mode)  # fsync: off the loop
-            except OSError as exc:
-                raise RouterError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-            got = await self.get_weights()
-        if got != wanted:
-            raise RouterError(
-                f"{self.path}: wrote {wanted} but read back {got}; the file was changed "
-                "by someone else meanwhile"
-            )
-        return got
+        return await self.file.replace(self.render(wanted).encode(), wanted, self.get_weights)
 
     async def check(self) -> None:
-        check_writable(self.path)
+        self.file.check_writable()
         if self.path.exists():
             await self.get_weights()
 
@@ -184,8 +175,3 @@ class TraefikRouter:
 
     async def close(self) -> None:
         return None
-
-
-@register("traefik")
-def create(site_name: str, site: SiteConfig) -> Router:
-    return TraefikRouter(site_name, site)

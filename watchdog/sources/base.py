@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from watchdog.config import DaemonConfig, SiteConfig
+from typing_extensions import TypeVar
+
 from watchdog.durations import format_duration
 from watchdog.measurement import Measurement
+from watchdog.rulefiles import AnyRule, RuleBase
+
+if TYPE_CHECKING:
+    from watchdog.config import DaemonConfig, SiteConfig
+
+# The rule model a source measures. `Source` alone (no [R]) is a source of some rule kind:
+# what a registry of every kind holds.
+R = TypeVar("R", bound=RuleBase, contravariant=True, default=Any)
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Target:
             site=name,
             color=color,
             server=spec.server,
-            backend=site.backend,
+            backend=site.router.backend,
             url=spec.url,
             interval=site.rollout.interval,
             container=spec.container,
@@ -58,23 +67,28 @@ class Target:
         )
 
 
-class Source(Protocol):
+class Source(Protocol[R]):
+    """Measures the rules of one `source:` kind, e.g. `Source[PrometheusRule]`."""
+
     kind: str
 
-    async def measure(self, rule: Any, target: Target) -> Measurement:
+    async def measure(self, rule: R, target: Target) -> Measurement:
         """One measurement of `rule` for `target`; never raises for the measured system's faults."""
         ...
 
     async def close(self) -> None: ...
 
 
-SourceFactory = Callable[[DaemonConfig], Source]
-_REGISTRY: dict[str, SourceFactory] = {}
+SourceFactory = Callable[["DaemonConfig"], Source[R]]
+_REGISTRY: dict[str, tuple[type[RuleBase], SourceFactory[Any]]] = {}
 
 
-def register(kind: str) -> Callable[[SourceFactory], SourceFactory]:
-    def add(factory: SourceFactory) -> SourceFactory:
-        _REGISTRY[kind] = factory
+def register(
+    kind: str, rule: type[R]
+) -> Callable[[SourceFactory[R]], SourceFactory[R]]:
+    """Make `factory` the source of the rules of model `rule`, whose `source:` is `kind`."""
+    def add(factory: SourceFactory[R]) -> SourceFactory[R]:
+        _REGISTRY[kind] = (rule, factory)
         return factory
 
     return add
@@ -86,7 +100,7 @@ def kinds() -> tuple[str, ...]:
 
 def create(kind: str, config: DaemonConfig) -> Source:
     try:
-        factory = _REGISTRY[kind]
+        _, factory = _REGISTRY[kind]
     except KeyError:
         raise ValueError(f"no source of kind {kind!r} (known: {', '.join(kinds())})") from None
     return factory(config)
@@ -98,17 +112,23 @@ def create_all(config: DaemonConfig) -> dict[str, Source]:
 
 
 async def measure_all(
-    sources: dict[str, Source], rules: list[Any], target: Target, deadline: float = 30.0
+    sources: Mapping[str, Source], rules: Sequence[AnyRule], target: Target,
+    deadline: float = 30.0,
 ) -> list[Measurement]:
     """Every rule for one colour, concurrently; a source that overruns `deadline` is an error.
 
-    Each source applies its own timeout; `deadline` is the backstop that keeps one stuck
-    source from holding up the tick.
+    This is the one place a rule meets its source: by `rule.source`, and only a rule of the
+    model the source was registered for. Each source applies its own timeout; `deadline` is
+    the backstop that keeps one stuck source from holding up the tick.
     """
-    async def one(rule: Any) -> Measurement:
+    async def one(rule: AnyRule) -> Measurement:
         source = sources.get(rule.source)
         if source is None:
             return Measurement.failed(f"no source {rule.source!r} is running")
+        model = _REGISTRY.get(rule.source, (type(rule), None))[0]
+        if not isinstance(rule, model):
+            return Measurement.failed(f"{rule.source} source measures {model.__name__}, "
+                                      f"not {type(rule).__name__}")
         started = time.time()
         try:
             return await asyncio.wait_for(source.measure(rule, target), timeout=deadline)

@@ -8,12 +8,13 @@ Redirects are not followed; `/web/health` answering 303 to a login page is not h
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import aiohttp
 
-from watchdog.config import DaemonConfig, HttpRule, render
+from watchdog.config import DaemonConfig
 from watchdog.measurement import Measurement
+from watchdog.rulefiles import HttpRule
+from watchdog.schema import render
 from watchdog.sources.base import Target, register
 
 
@@ -31,8 +32,7 @@ class HttpSource:
             )
         return self._session
 
-    async def measure(self, rule: Any, target: Target) -> Measurement:
-        assert isinstance(rule, HttpRule)
+    async def measure(self, rule: HttpRule, target: Target) -> Measurement:
         url = target.url + render(rule.path, target.variables())
         return await probe(self._client(), url, rule.timeout)
 
@@ -64,6 +64,6 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout: float) -> Mea
     return Measurement(0.0, None, detail, started, time.time(), time.monotonic() - clock)
 
 
-@register("http")
+@register("http", HttpRule)
 def _factory(config: DaemonConfig) -> HttpSource:
     return HttpSource()

@@ -73,9 +73,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.config import DaemonConfig, LogsRule
+from watchdog.config import DaemonConfig
 from watchdog.durations import format_duration
 from watchdog.measurement import Measurement
+from watchdog.rulefiles import LogsRule
 from watchdog.sources.base import Target, register
 
 __all__ = [
@@ -303,8 +304,7 @@ class LogsSource:
 
     # -- the Source protocol ---------------------------------------------------------------
 
-    async def measure(self, rule: Any, target: Target) -> Measurement:
-        assert isinstance(rule, LogsRule)
+    async def measure(self, rule: LogsRule, target: Target) -> Measurement:
         started = time.time()
         if target.container:
             where = f"container {target.container}"
@@ -753,6 +753,6 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-@register("logs")
+@register("logs", LogsRule)
 def _factory(config: DaemonConfig) -> LogsSource:
     return LogsSource()

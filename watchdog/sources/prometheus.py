@@ -20,8 +20,10 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from watchdog.config import DaemonConfig, PrometheusRule, render
+from watchdog.config import DaemonConfig
 from watchdog.measurement import Measurement
+from watchdog.rulefiles import PrometheusRule
+from watchdog.schema import render
 from watchdog.sources.base import Target, register
 
 # requests' default connection pool keeps 10 connections per host; stay within it.
@@ -48,8 +50,7 @@ class PrometheusSource:
         self._queue: list[tuple[str, asyncio.Future[Measurement]]] = []
         self._workers = workers
 
-    async def measure(self, rule: Any, target: Target) -> Measurement:
-        assert isinstance(rule, PrometheusRule)
+    async def measure(self, rule: PrometheusRule, target: Target) -> Measurement:
         query = render(rule.query, target.variables())
         shared = self._inflight.get(query)
         if shared is not None:
@@ -202,6 +203,6 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-@register("prometheus")
+@register("prometheus", PrometheusRule)
 def _factory(config: DaemonConfig) -> PrometheusSource:
     return PrometheusSource(config.prometheus.url, config.prometheus.timeout)

@@ -1,0 +1,194 @@
+"""Rule files (DESIGN.md section 5): the rule models, one per `source:`, and reading them.
+
+Like Prometheus' rule files: `name`, a query or pattern, `for`, `labels`, `annotations`.
+A rule's thresholds and templates are checked when its file is loaded, not when the first
+rollout measures it; every error names `file:line`.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from watchdog.schema import Duration, OnFire, Strict, check_template
+from watchdog.yamlsrc import Document, dotted, read, validate
+
+if TYPE_CHECKING:
+    from watchdog.config import SiteConfig
+
+__all__ = [
+    "DEFAULT_LOG_PATTERN",
+    "AnyRule",
+    "HttpRule",
+    "LogsRule",
+    "PrometheusRule",
+    "Rule",
+    "RuleBase",
+    "RuleFile",
+    "RuleOrigin",
+    "load_rule_file",
+    "rule_paths",
+]
+
+NoData = Literal["ok", "hold", "breach"]
+# Odoo's log format is "%(asctime)s %(pid)s %(levelname)s %(dbname)s %(name)s: %(message)s";
+# this matches the level field only, so an INFO line whose message says ERROR is not counted.
+DEFAULT_LOG_PATTERN = r"^\S+ \S+ \d+ (ERROR|CRITICAL) "
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
+
+
+class RuleBase(Strict):
+    """What every rule has, whatever measures it."""
+
+    name: str
+    min: float | None = None
+    max: float | None = None
+    for_: Duration = Field(0.0, alias="for", ge=0)
+    no_data: NoData = "hold"
+    on_fire: OnFire = "rollback"
+    sites: list[str] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"invalid rule name {value!r}: letters, digits, '_', ':', '.', '-'")
+        return value
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for text in value.values():
+            check_template(text)
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RuleBase:
+        if self.min is None and self.max is None:
+            raise ValueError("needs a threshold: min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+    def threshold_text(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        return " and ".join(parts)
+
+    def applies_to(self, site: str) -> bool:
+        return self.sites is None or site in self.sites
+
+    def site_problems(self, site_name: str, site: SiteConfig) -> list[str]:
+        """What `site` lacks for this rule to be measured there (none for most sources)."""
+        return []
+
+
+class PrometheusRule(RuleBase):
+    source: Literal["prometheus"]
+    query: str = Field(min_length=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is empty")
+        return check_template(value)
+
+
+class LogsRule(RuleBase):
+    source: Literal["logs"]
+    pattern: str = DEFAULT_LOG_PATTERN
+    window: Duration = Field(300.0, gt=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        return value
+
+    def site_problems(self, site_name: str, site: SiteConfig) -> list[str]:
+        return [f"rule {self.name!r} reads logs, but site {site_name!r} colour {color!r} has "
+                "neither container nor log_file"
+                for color, spec in site.colors.items()
+                if spec.container is None and spec.log_file is None]
+
+
+class HttpRule(RuleBase):
+    source: Literal["http"]
+    path: str
+    timeout: Duration = Field(2.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path must start with '/' (got {value!r})")
+        return check_template(value)
+
+
+AnyRule = PrometheusRule | LogsRule | HttpRule
+Rule = Annotated[AnyRule, Field(discriminator="source")]
+
+
+class RuleFile(Strict):
+    rules: list[Rule]
+
+
+@dataclass(frozen=True)
+class RuleOrigin:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def load_rule_file(path: Path, display: str | None = None) -> tuple[list[AnyRule], Document]:
+    """The rules of one file, and the parsed document (for the line of any key)."""
+    doc = read(path, display)
+
+    def describe(data_path: list[str | int]) -> str:
+        if len(data_path) >= 2 and data_path[0] == "rules" and isinstance(data_path[1], int):
+            item = doc.data["rules"][data_path[1]]
+            name = item.get("name") if isinstance(item, dict) else None
+            head = f"rule {name!r}" if isinstance(name, str) else f"rules[{data_path[1]}]"
+            rest = dotted(data_path[2:])
+            return f"{head}: {rest}" if rest else head
+        return dotted(data_path)
+
+    parsed: RuleFile = validate(RuleFile, doc, describe)
+    return list(parsed.rules), doc
+
+
+def rule_paths(
+    config_path: Path, patterns: list[str], warnings: list[str] | None = None
+) -> list[Path]:
+    """The files `rule_files` names, relative to the config's directory, each once, in order.
+
+    A pattern with glob magic that matches nothing adds a warning (a plain path that does not
+    exist is left to the reader, whose error names it).
+    """
+    paths: list[Path] = []
+    for pattern in patterns:
+        full = pattern if Path(pattern).is_absolute() else str(config_path.parent / pattern)
+        if glob.has_magic(pattern):
+            found = sorted(Path(p) for p in glob.glob(full))
+            if not found and warnings is not None:
+                warnings.append(f"rule_files pattern {pattern!r} matches no file")
+        else:
+            found = [Path(full)]
+        paths.extend(p for p in found if p not in paths)
+    return paths
