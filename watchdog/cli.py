@@ -17,12 +17,15 @@ from typing import Any
 import structlog
 
 from watchdog import __version__, routers
-from watchdog.cli_ops import add_client_commands
+from watchdog.cli_ops import add_client_commands, api_url
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.daemon import StartError
+from watchdog.rollout import ACTIVE, steps_of
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 from watchdog.sdnotify import SdNotify
+from watchdog.secrets import SecretError, read_secret
 from watchdog.store import StoreError
+from watchdog.yamlsrc import Problem, display_name, read
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -30,15 +33,48 @@ def _check(args: argparse.Namespace) -> int:
     try:
         loaded = load(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        count = len(exc.problems)
-        print(f"FAILED: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
-        return 1
+        return _failed(exc.problems)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.connect:
+        problems = asyncio.run(_connect(loaded))
+        if problems:
+            return _failed(problems)
     print(_summary(loaded))
+    if args.connect:
+        print(f"  every router answers and can switch ({len(loaded.config.sites)} "
+              f"site{'s' if len(loaded.config.sites) != 1 else ''})")
     return 0
+
+
+def _failed(problems: Sequence[Problem]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    count = len(problems)
+    print(f"FAILED: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+    return 1
+
+
+async def _connect(loaded: LoadedConfig) -> list[Problem]:
+    """`Router.check()` of every site, at once; a problem is placed at the site's `router:`."""
+    doc = read(loaded.path, display_name(loaded.path))
+
+    async def one(name: str, site: SiteConfig) -> Problem | None:
+        try:
+            router = routers.create(name, site)
+        except RouterError as exc:
+            return Problem(doc.file, doc.line_of(("sites", name, "router")), str(exc))
+        try:
+            await router.check()
+        except RouterError as exc:
+            return Problem(doc.file, doc.line_of(("sites", name, "router")),
+                           f"site {name!r}: {site.router.kind} router: {exc}")
+        finally:
+            await router.close()
+        return None
+
+    found = await asyncio.gather(*(one(n, s) for n, s in loaded.config.sites.items()))
+    return [problem for problem in found if problem is not None]
 
 
 def _summary(loaded: LoadedConfig) -> str:
@@ -47,7 +83,7 @@ def _summary(loaded: LoadedConfig) -> str:
     for name, site in cfg.sites.items():
         colors = ", ".join(f"{c} ({spec.server} {spec.url})" for c, spec in site.colors.items())
         steps = " -> ".join(
-            "pause" if isinstance(s, str) else str(s.weight) for s in site.rollout.effective_steps
+            "pause" if s.weight is None else str(s.weight) for s in steps_of(site.rollout)
         )
         lines.append(
             f"  site {name}: {site.router.kind} router, live {site.live}, {colors}; "
@@ -60,19 +96,6 @@ def _summary(loaded: LoadedConfig) -> str:
         f"  {len(loaded.rules)} rules from {files} file{'s' if files != 1 else ''}: {sources}"
     )
     return "\n".join(lines)
-
-
-ACTIVE_PHASES = frozenset({"preflight", "progressing", "paused", "baking", "rolling_back"})
-
-
-def _api_url(args: argparse.Namespace, loaded: LoadedConfig | None) -> str:
-    if getattr(args, "url", None):
-        return str(args.url).rstrip("/")
-    if loaded is not None:
-        host, port = loaded.config.api.host_port
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
-    return "http://127.0.0.1:9721"
 
 
 def _daemon_phase(api: str, site: str) -> str | None:
@@ -111,9 +134,9 @@ def _router(args: argparse.Namespace) -> int:
         except WeightsError as exc:
             print(f"error: --set: {exc}", file=sys.stderr)
             return 2
-        api = _api_url(args, loaded)
+        api = api_url(args.url, loaded)
         phase = _daemon_phase(api, args.site)
-        if phase in ACTIVE_PHASES and not args.force:
+        if phase in ACTIVE and not args.force:
             print(f"refused: the daemon at {api} owns a rollout of {args.site} (phase {phase}); "
                   "use `odoo-watchdog abort` first, or --force in an emergency (the daemon will "
                   "see the change as drift and put its own split back)", file=sys.stderr)
@@ -169,14 +192,10 @@ def _run(args: argparse.Namespace) -> int:
     token = None
     token_file = loaded.config.api.token_file
     if token_file is not None:
-        path = token_file if token_file.is_absolute() else Path(args.config).parent / token_file
         try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            print(f"error: api.token_file {path}: {exc.strerror}", file=sys.stderr)
-            return 1
-        if not token:
-            print(f"error: api.token_file {path} is empty", file=sys.stderr)
+            token = read_secret(token_file, loaded.path.parent, "api.token_file")
+        except SecretError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
     try:
         return asyncio.run(_serve(loaded, token))
@@ -270,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and every rule file it names")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="daemon config")
+    check.add_argument("--connect", action="store_true",
+                       help="also ask every site's router whether it can switch traffic")
     check.set_defaults(func=_check)
 
     router = sub.add_parser(
