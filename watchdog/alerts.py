@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from watchdog import payloads
 from watchdog.config import COLORS
 from watchdog.rollout import RuleView
 from watchdog.rules import State
@@ -33,6 +35,38 @@ class Alert:
     status: str  # firing | resolved
     starts_at: str
     summary: str
+    ends_at: float | None = None  # when Alertmanager will call it resolved; None: no end set
+
+    def expired(self, now: float) -> bool:
+        return self.ends_at is not None and self.ends_at <= now
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "name": self.name, "site": self.site,
+                "color": self.color, "status": self.status, "starts_at": self.starts_at,
+                "summary": self.summary, "ends_at": self.ends_at}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Alert:
+        ends = data.get("ends_at")
+        return cls(str(data["fingerprint"]), str(data["name"]), str(data["site"]),
+                   data["color"] if data.get("color") in COLORS else None,
+                   str(data.get("status", "firing")), str(data.get("starts_at", "")),
+                   str(data.get("summary", "")), float(ends) if ends is not None else None)
+
+
+def rfc3339(text: str) -> float | None:
+    """Seconds since the epoch of Alertmanager's RFC 3339 time (nanoseconds allowed); None for
+    Go's zero time (`0001-01-01T00:00:00Z`, "no end") or anything unreadable."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, dot, rest = text.partition(".")
+    if dot:  # Python takes at most six digits of a fraction; Go writes up to nine
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -56,46 +90,21 @@ class Receipt:
 
 
 def parse(payload: Any) -> list[dict[str, Any]]:
-    """The alerts of a version-4 payload, each checked; PayloadError names what is wrong."""
-    if not isinstance(payload, dict):
-        raise PayloadError("payload must be a JSON object")
-    version = payload.get("version")
-    if version != "4":
-        raise PayloadError(f"unsupported payload version {version!r}: this receiver takes "
-                           "Alertmanager's version \"4\"")
-    alerts = payload.get("alerts")
-    if not isinstance(alerts, list):
-        raise PayloadError("field 'alerts' must be a list")
-    if len(alerts) > MAX_ALERTS:
-        raise PayloadError(f"{len(alerts)} alerts in one payload; at most {MAX_ALERTS}")
-    for index, alert in enumerate(alerts):
-        where = f"alerts[{index}]"
-        if not isinstance(alert, dict):
-            raise PayloadError(f"{where} must be an object")
-        if alert.get("status") not in ("firing", "resolved"):
-            raise PayloadError(f"{where}.status must be firing or resolved, "
-                               f"got {alert.get('status')!r}")
-        labels = alert.get("labels")
-        if not isinstance(labels, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise PayloadError(f"{where}.labels must be an object of strings")
-        if not labels.get("alertname"):
-            raise PayloadError(f"{where}.labels has no alertname")
-        for key in ("fingerprint", "startsAt"):
-            if key in alert and not isinstance(alert[key], str):
-                raise PayloadError(f"{where}.{key} must be a string")
-        annotations = alert.get("annotations", {})
-        if not isinstance(annotations, dict):
-            raise PayloadError(f"{where}.annotations must be an object")
-        texts = [*labels, *labels.values(), alert.get("fingerprint", ""),
-                 alert.get("startsAt", ""), str(annotations.get("summary", ""))]
-        for text in texts:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise PayloadError(f"{where} holds a string that is not valid Unicode "
-                                   "(a lone surrogate)") from None
-    return alerts
+    """The alerts of a version-4 payload (decoded JSON), checked against payloads.Webhook; a
+    PayloadError names the first fields that are wrong, as `odoo-watchdog check` names config
+    keys (`alerts[0].status: input should be 'firing' or 'resolved' (got 'pending')`).
+
+    Each alert is a dict with every key of Alertmanager's alert, "" or {} when not sent:
+    status ("firing" | "resolved"), labels (str -> str, a non-empty "alertname" among them),
+    annotations (str -> str), startsAt and endsAt (RFC 3339 strings as sent, e.g. endsAt
+    "0001-01-01T00:00:00Z" for no end), generatorURL and fingerprint (str).
+    """
+    try:
+        webhook = payloads.validate(payloads.Webhook, payload,
+                                    context={"max_alerts": MAX_ALERTS})
+    except payloads.Invalid as exc:
+        raise PayloadError(str(exc)) from None
+    return [alert.as_dict() for alert in webhook.alerts]
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
@@ -129,6 +138,7 @@ class AlertBook:
                 color=color if color in COLORS else None, status=raw["status"],
                 starts_at=raw.get("startsAt", ""),
                 summary=str(raw.get("annotations", {}).get("summary", ""))[:200],
+                ends_at=rfc3339(str(raw.get("endsAt") or "")),
             )
             seen = (alert.status, alert.starts_at)
             if self._seen.get(alert.fingerprint) == seen:
@@ -146,11 +156,34 @@ class AlertBook:
             self._seen = {fp: self._seen[fp] for book in self.firing.values() for fp in book}
         return receipt
 
-    def views(self, site: str, color: str, on_fire: str) -> dict[str, RuleView]:
+    def expire(self, now: float) -> set[str]:
+        """Drop the alerts whose `endsAt` has passed (Alertmanager counts them resolved even
+        when its resolved notification never arrives); the sites that changed."""
+        changed = set()
+        for site, book in self.firing.items():
+            for fp in [fp for fp, alert in book.items() if alert.expired(now)]:
+                del book[fp]
+                changed.add(site)
+        return changed
+
+    def memory(self, site: str) -> list[dict[str, Any]]:
+        return [a.to_json() for a in self.firing.get(site, {}).values()]
+
+    def restore(self, site: str, stored: list[dict[str, Any]], now: float) -> int:
+        """Take back the firing alerts stored before a restart, except those ended since."""
+        book = self.firing.setdefault(site, {})
+        for item in stored:
+            alert = Alert.from_json(item)
+            if alert.site == site and not alert.expired(now):
+                book[alert.fingerprint] = alert
+                self._seen[alert.fingerprint] = (alert.status, alert.starts_at)
+        return len(book)
+
+    def views(self, site: str, color: str, on_fire: str, now: float) -> dict[str, RuleView]:
         """The site's firing alerts for `color` (alerts without a colour count for any)."""
         out: dict[str, RuleView] = {}
         for alert in self.firing.get(site, {}).values():
-            if alert.color not in (None, color):
+            if alert.color not in (None, color) or alert.expired(now):
                 continue
             name = f"alert:{alert.name}"
             out[name] = RuleView(name, State.FIRING, on_fire, None, "alert firing",

@@ -1,46 +1,33 @@
-"""The daemon: wiring between the scheduler, the sources, the pure core, the store and routers.
+"""The daemon: lifecycle, the schedule, and the wiring between the parts that do the work.
 
-Every `interval` each site ticks (one APScheduler job per site, never two at once):
-measure every rule for the target colour concurrently, judge them (`rules.py`), decide
-(`rollout.py`), store the decision *before* touching the router, carry out its actions, then
-reconcile: read the router's real split and put the desired one back if someone changed it.
-Measuring happens outside the site's lock; deciding, storing and acting inside it, which
-operator commands and Alertmanager webhooks take too, so none of them interleave.
+Every `interval` each site ticks (one APScheduler job per site, never two at once): the rule
+manager measures and judges the target colour's rules (`rulemanager.py`), the state machine
+decides (`rollout.py`), the decision is stored *before* the router is touched (`store.py`),
+its actions are carried out, and the site's router puts back a split someone changed
+(`siterouter.py`). docs/architecture.md draws the rooms and the flow of one tick.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog import notify, odoo, reload, rollout, routers, views
+from watchdog import notify, preflight, reload, rollout, routers, site, views
 from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
-from watchdog.config import COLORS, ConfigError, LoadedConfig, SiteConfig, load
-from watchdog.measurement import Measurement
+from watchdog.config import ConfigError, LoadedConfig, load
 from watchdog.metrics import Metrics
-from watchdog.rollout import (
-    ApplyWeights,
-    Decision,
-    Event,
-    Notify,
-    Phase,
-    RuleView,
-    RunPreflight,
-    SiteState,
-    Tick,
-)
-from watchdog.rules import RuleStatus, State, evaluate
-from watchdog.sources import Source, Target, create_all, measure_all
+from watchdog.rollout import ApplyWeights, Decision, Event, Notify, Phase, RunPreflight, Tick
+from watchdog.rulemanager import RuleManager, restart_needed
+from watchdog.site import SiteRuntime
+from watchdog.siterouter import SiteRouter
+from watchdog.sources import Target, create_all
 from watchdog.store import Store
 
 log = structlog.get_logger("odoo_watchdog")
@@ -54,44 +41,30 @@ class StartError(RuntimeError):
     """The daemon cannot start (a port taken, a secret unreadable); the message says why."""
 
 
-@dataclass
-class SiteRuntime:
-    name: str
-    config: SiteConfig
-    router: routers.Router
-    state: SiteState
-    statuses: dict[tuple[str, str], RuleStatus] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    actual: dict[str, int] | None = None
-    router_error: str | None = None
-    last_tick: float | None = None
-    ticks: int = 0
-
-
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.loaded = loaded
         self.clock = clock
         self.metrics = Metrics()
-        self.store = Store(loaded.config.state_dir if loaded.config.state_dir.is_absolute()
-                           else loaded.path.parent / loaded.config.state_dir)
-        self.sources: dict[str, Source] = create_all(loaded.config)
-        self.sites: dict[str, SiteRuntime] = {}
-        self.scheduler: AsyncIOScheduler | None = None
-        self.started = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        state_dir = loaded.config.state_dir
+        self.store = Store(state_dir if state_dir.is_absolute()
+                           else loaded.path.parent / state_dir, clock)
         self.alerts = AlertBook()
         self.access_log = AccessLogReceiver.from_config(loaded.config, self.metrics)
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
         self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent))
+        self.rules = RuleManager(loaded, create_all(loaded.config), self.metrics,
+                                 self.notifier.post, clock)
+        self.sites: dict[str, SiteRuntime] = {}
+        self.scheduler: AsyncIOScheduler | None = None
+        self.started = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.reload_error: list[str] | None = None
         self.reload_warnings: list[str] = []
-        self.last_reload_at = time.time()
         self._signature = self._files_signature()
         self._reload_lock = asyncio.Lock()
         self.on_reload: Callable[[bool], None] | None = None  # sd_notify hook, set by `run`
-        self.metrics.config_last_reload_successful.set(1)
-        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
+        self._reloaded()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -104,19 +77,24 @@ class Daemon:
                     else "?"
                 raise StartError(f"access_log: cannot listen on {listen} (UDP): "
                                  f"{exc.strerror or exc}") from None
-        for name, site in self.loaded.config.sites.items():
+        for name, config in self.loaded.config.sites.items():
             state = await asyncio.to_thread(self.store.load, name)
             if state is None:
-                state = rollout.initial(name, site.live)
+                state = rollout.initial(name, config.live)
                 await asyncio.to_thread(self.store.save, state, [Event(
-                    "initialized", f"first start: {site.live} is live",
+                    "initialized", f"first start: {config.live} is live",
                     "idle", "idle", dict(state.weights), actor="daemon")])
-            runtime = SiteRuntime(name, site, routers.create(name, site), state)
-            self.sites[name] = runtime
-            self._export(runtime)
-            await self._reconcile(runtime)
+            memory = await asyncio.to_thread(self.store.load_memory, name)
+            restored = (self.rules.restore(name, memory["rules"]),
+                        self.alerts.restore(name, memory["alerts"], self.clock()))
+            router = SiteRouter(name, routers.create(name, config), self.metrics, self.store)
+            runtime = self.sites[name] = SiteRuntime(name, config, router, state)
+            site.export(self.metrics, name, state)
+            await router.check(state)
+            await router.reconcile(state)
             log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
-                     weights=state.weights)
+                     weights=state.weights, rules_restored=restored[0],
+                     alerts_restored=restored[1])
         self.scheduler = AsyncIOScheduler()
         for name, runtime in self.sites.items():
             self.scheduler.add_job(
@@ -138,7 +116,7 @@ class Daemon:
                 await runtime.router.close()
         for task in list(self._tasks):
             task.cancel()
-        for source in self.sources.values():
+        for source in self.rules.sources.values():
             await source.close()
         await self.notifier.close()
         if self.access_log is not None:
@@ -166,29 +144,30 @@ class Daemon:
 
     async def _tick(self, runtime: SiteRuntime) -> None:
         # Measure without the lock (it may take up to a source's timeout), decide with it.
-        state = runtime.state
-        target = state.target
-        measured = await self._measure(runtime, target)
-        preflight = None
-        if state.phase is Phase.PREFLIGHT:
-            preflight = await self._preflight(runtime)
-        previous_healthy = None
-        if state.previous is not None and state.can_fail_back(self.clock()):
-            url = runtime.config.colors[state.previous].url
-            previous_healthy, _ = await odoo.check_health_url(url)
+        state, name = runtime.state, runtime.name
+        target = Target.of(name, runtime.config, state.target)
+        measured = await self.rules.measure(name, target, state.phase.value)
+        checked = (await preflight.run(runtime.config, state.rollout)
+                   if state.phase is Phase.PREFLIGHT and state.rollout else None)
+        previous_healthy = await preflight.previous_healthy(runtime.config, state, self.clock())
+        await self._remember(name)
         async with runtime.lock:
-            actual = await self._read(runtime)
-            if runtime.state.target == target and runtime.state.phase is state.phase:
+            actual = await runtime.router.read()
+            if runtime.state.target == state.target and runtime.state.phase is state.phase:
                 # (A command in between changed what was measured: decide on the next tick.)
-                rules = {**measured, **self._alert_views(runtime, target)}
-                decision = rollout.tick(runtime.state, Tick(
-                    self.clock(), rules, actual,
-                    preflight if runtime.state.phase is Phase.PREFLIGHT else None,
-                    previous_healthy))
-                await self._commit(runtime, decision)
-            await self._reconcile(runtime, known=runtime.actual is not None)
+                rules = {**measured, **self._alert_views(runtime)}
+                await self._commit(runtime, rollout.tick(runtime.state, Tick(
+                    self.clock(), rules, actual, checked, previous_healthy)))
+            await runtime.router.reconcile(runtime.state, known=runtime.router.actual is not None)
         runtime.last_tick = self.clock()
         runtime.ticks += 1
+
+    async def _remember(self, name: str) -> None:
+        """Store what a restart must not forget: rule states that moved, alerts that ended."""
+        rules = self.rules.memory(name)
+        alerts = self.alerts.memory(name) if name in self.alerts.expire(self.clock()) else None
+        if rules is not None or alerts is not None:
+            await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts)
 
     def _tick_soon(self, name: str) -> None:
         """Bring the site's next tick forward to now (the scheduler still never runs two)."""
@@ -197,34 +176,25 @@ class Daemon:
         else:
             self._spawn(self.tick(name))
 
-    def _alert_views(self, runtime: SiteRuntime, color: str) -> dict[str, RuleView]:
-        on_fire = self.loaded.config.alertmanager.on_fire
-        return self.alerts.views(runtime.name, color, on_fire)
+    def _alert_views(self, runtime: SiteRuntime) -> dict[str, rollout.RuleView]:
+        return self.alerts.views(runtime.name, runtime.state.target,
+                                 self.loaded.config.alertmanager.on_fire, self.clock())
 
-    async def decide_now(self, name: str) -> Decision | None:
+    async def decide_now(self, name: str) -> Decision:
         """A decision on what is known now (last rule states, firing alerts), without
         measuring: the Alertmanager webhook's fast path to a rollback."""
         runtime = self.sites[name]
         async with runtime.lock:
-            target = runtime.state.target
-            rules = {rule: RuleView(rule, st.state, self._on_fire(rule), st.value, "",
-                                    st.detail)
-                     for (rule, color), st in runtime.statuses.items() if color == target}
-            rules.update(self._alert_views(runtime, target))
-            decision = rollout.tick(runtime.state, Tick(self.clock(), rules, runtime.actual))
+            rules = {**self.rules.views(name, runtime.state.target), **self._alert_views(runtime)}
+            decision = rollout.tick(runtime.state, Tick(self.clock(), rules,
+                                                        runtime.router.actual))
             await self._commit(runtime, decision)
             return decision
 
-    def _on_fire(self, rule_name: str) -> str:
-        for rule in self.loaded.rules:
-            if rule.name == rule_name:
-                return str(rule.on_fire)
-        return "notify"
-
     async def receive_alerts(self, payload: Any) -> Receipt:
         """An Alertmanager webhook; PayloadError (a 400) when it is not one."""
-        match = self.loaded.config.alertmanager.match
-        receipt = self.alerts.receive(payload, set(self.sites), match)
+        receipt = self.alerts.receive(payload, set(self.sites),
+                                      self.loaded.config.alertmanager.match)
         for alert in receipt.firing + receipt.resolved:
             self.metrics.alerts_received_total.labels(alert.status).inc()
             log.info("alert", site=alert.site, alert=alert.name, color=alert.color,
@@ -234,71 +204,12 @@ class Daemon:
                               ("unmatched", receipt.unmatched)):
             if count:
                 self.metrics.alerts_received_total.labels(status).inc(count)
-        for site in sorted({a.site for a in receipt.firing}):
-            await self.decide_now(site)
+        for name in sorted(receipt.sites):
+            await asyncio.to_thread(self.store.save_memory, name,
+                                    alerts=self.alerts.memory(name))
+        for name in sorted({a.site for a in receipt.firing}):
+            await self.decide_now(name)
         return receipt
-
-    async def _measure(self, runtime: SiteRuntime, color: str) -> dict[str, RuleView]:
-        rules = self.loaded.rules_for(runtime.name)
-        target = Target.of(runtime.name, runtime.config, color)
-        started = time.monotonic()
-        measurements = await measure_all(self.sources, rules, target)
-        now = self.clock()
-        out: dict[str, RuleView] = {}
-        # A reload while measuring may have removed a rule: it no longer counts, at all.
-        current = {r.name for r in self.loaded.rules_for(runtime.name)}
-        for rule, m in zip(rules, measurements, strict=True):
-            if rule.name not in current:
-                continue
-            key = (rule.name, color)
-            before = runtime.statuses.get(key, RuleStatus())
-            after = evaluate(rule, before, m, now)
-            runtime.statuses[key] = after
-            self._rule_metrics(runtime.name, rule, color, after, m, time.monotonic() - started)
-            if after.state is not before.state:
-                log.info("rule_state", site=runtime.name, rule=rule.name, color=color,
-                         state_from=before.state.label, state=after.state.label,
-                         value=after.value, threshold=rule.threshold_text(), detail=m.detail,
-                         phase=runtime.state.phase.value)
-                if after.state is State.FIRING and rule.on_fire == "notify":
-                    self.notifier.post(runtime.name, "rule", f"{runtime.name}: rule {rule.name} "
-                                       f"fired on {color} (value {after.value}, threshold "
-                                       f"{rule.threshold_text()}; {m.detail})", rule=rule.name)
-            out[rule.name] = RuleView(rule.name, after.state, rule.on_fire, after.value,
-                                        rule.threshold_text(), after.detail)
-        # Rules of the other colour are not measured now: forget their states and series, so
-        # neither the API nor the metrics keep showing a colour's last state as current.
-        for key in [k for k in runtime.statuses if k[1] != color]:
-            self._forget(runtime.name, *key)
-        return out
-
-    def _forget(self, site: str, rule: str, color: str) -> None:
-        runtime = self.sites.get(site)
-        if runtime is not None:
-            runtime.statuses.pop((rule, color), None)
-        for gauge in (self.metrics.rule_state, self.metrics.rule_value):
-            with contextlib.suppress(KeyError):
-                gauge.remove(site, rule, color)
-
-    def _rule_metrics(self, site: str, rule: Any, color: str, status: RuleStatus,
-                      m: Measurement, seconds: float) -> None:
-        outcome = status.outcome.value if status.outcome else "error"
-        self.metrics.rule_evaluations_total.labels(site, rule.name, outcome).inc()
-        self.metrics.rule_evaluation_seconds.labels(rule.source).observe(
-            max(0.0, m.finished - m.started) if m.finished else seconds)
-        self.metrics.rule_state.labels(site, rule.name, color).set(int(status.state))
-        value = status.value if status.value is not None else math.nan
-        self.metrics.rule_value.labels(site, rule.name, color).set(value)
-
-    async def _preflight(self, runtime: SiteRuntime) -> rollout.Preflight:
-        ro = runtime.state.rollout
-        assert ro is not None
-        live_ok, live_detail = await odoo.smoke(runtime.config.colors[ro.live].url, ["health"])
-        if not live_ok:
-            return rollout.Preflight(False, f"live {ro.live} is not healthy: {live_detail}")
-        checks = runtime.config.rollout.smoke
-        ok, detail = await odoo.smoke(runtime.config.colors[ro.candidate].url, checks)
-        return rollout.Preflight(ok, f"{ro.candidate}: {detail}")
 
     # ---------------------------------------------------------------- decisions
 
@@ -312,11 +223,11 @@ class Daemon:
                      rollout_id=event.rollout_id, phase_from=event.phase_from,
                      phase=event.phase_to, weights=event.weights, rule=event.rule,
                      value=event.value, threshold=event.threshold, actor=event.actor)
-            self._count(runtime.name, event)
-        self._export(runtime)
+            site.count(self.metrics, runtime.name, event)
+        site.export(self.metrics, runtime.name, runtime.state)
         for action in decision.actions:
             if isinstance(action, ApplyWeights):
-                await self._apply(runtime, action.weights, action.drain)
+                await runtime.router.apply(runtime.state, action.weights, action.drain)
             elif isinstance(action, Notify):
                 self.notifier.post(runtime.name, action.kind, action.message,
                                    phase=runtime.state.phase.value,
@@ -324,104 +235,11 @@ class Daemon:
             elif isinstance(action, RunPreflight):
                 self._tick_soon(runtime.name)
 
-    def _count(self, site: str, event: Event) -> None:
-        if event.kind in ("promoted", "rolled_back", "aborted"):
-            self.metrics.rollouts_total.labels(site, event.kind).inc()
-        if event.kind in ("rolling_back", "failback"):
-            self.metrics.rollbacks_total.labels(site, event.rule or "operator").inc()
-
-    async def _apply(self, runtime: SiteRuntime, weights: dict[str, int], drain: bool) -> bool:
-        kind = runtime.router.kind
-        started = time.monotonic()
-        try:
-            await runtime.router.set_weights(weights, drain=drain)
-        except routers.RouterError as exc:
-            self.metrics.router_operations_total.labels(runtime.name, kind, "error").inc()
-            runtime.router_error = str(exc)
-            log.error("router_error", site=runtime.name, error=str(exc), weights=weights)
-            await asyncio.to_thread(self.store.record, runtime.name, self._event(
-                runtime, "router_error", f"setting {routers.format_weights(weights)} failed: "
-                f"{exc}"))
-            return False
-        finally:
-            self.metrics.router_operation_seconds.labels(kind).observe(time.monotonic() - started)
-        self.metrics.router_operations_total.labels(runtime.name, kind, "ok").inc()
-        runtime.router_error = None
-        runtime.actual = dict(weights)
-        return True
-
-    async def _read(self, runtime: SiteRuntime) -> dict[str, int] | None:
-        kind = runtime.router.kind
-        started = time.monotonic()
-        try:
-            actual = await runtime.router.get_weights()
-        except routers.RouterError as exc:
-            self.metrics.router_operations_total.labels(runtime.name, kind, "error").inc()
-            if runtime.router_error != str(exc):
-                log.error("router_error", site=runtime.name, error=str(exc))
-            runtime.router_error = str(exc)
-            runtime.actual = None
-            return None
-        finally:
-            self.metrics.router_operation_seconds.labels(kind).observe(time.monotonic() - started)
-        self.metrics.router_operations_total.labels(runtime.name, kind, "ok").inc()
-        runtime.router_error = None
-        runtime.actual = actual
-        return actual
-
-    async def _reconcile(self, runtime: SiteRuntime, known: bool = False) -> None:
-        """Make the router match the stored split (a reload or a person may have changed it).
-
-        `known`: `runtime.actual` was read from the router in this tick (or set by a switch it
-        read back), so it is not asked again.
-        """
-        actual = runtime.actual if known else await self._read(runtime)
-        desired = runtime.state.weights
-        if actual is not None:
-            try:
-                await runtime.router.settle()
-            except routers.RouterError as exc:
-                log.error("router_error", site=runtime.name, error=str(exc))
-        if actual is None or actual == desired:
-            return
-        self.metrics.router_drift_total.labels(runtime.name).inc()
-        message = (f"router reports {routers.format_weights(actual)}, desired is "
-                   f"{routers.format_weights(desired)}: putting it back")
-        log.warning("drift", site=runtime.name, actual=actual, weights=desired)
-        await asyncio.to_thread(self.store.record, runtime.name,
-                                self._event(runtime, "drift", message))
-        await self._apply(runtime, desired, drain=False)
-
-    def _event(self, runtime: SiteRuntime, kind: str, message: str) -> Event:
-        phase = runtime.state.phase.value
-        ro = runtime.state.rollout
-        return Event(kind, message, phase, phase, dict(runtime.state.weights),
-                     rollout_id=ro.id if ro else None)
-
-    def _export(self, runtime: SiteRuntime) -> None:
-        state = runtime.state
-        # Counters exist at 0 from the start, so increase() sees the first event too.
-        for outcome in ("promoted", "rolled_back", "aborted"):
-            self.metrics.rollouts_total.labels(runtime.name, outcome)
-        self.metrics.router_drift_total.labels(runtime.name)
-        for color in COLORS:
-            self.metrics.traffic_weight.labels(runtime.name, color).set(state.weights[color])
-        for phase in Phase:
-            self.metrics.rollout_phase.labels(runtime.name, phase.value).set(
-                1 if phase is state.phase else 0)
-        ro = state.rollout
-        step = ro.step + 1 if ro is not None and ro.active and ro.step >= 0 else 0
-        self.metrics.rollout_step.labels(runtime.name).set(step)
-
-    # ---------------------------------------------------------------- commands
-
-    async def command(self, name: str, cmd: rollout.Command) -> SiteState:
-        runtime = self.sites.get(name)
-        if runtime is None:
-            raise UnknownSite(name)
+    async def command(self, name: str, cmd: rollout.Command) -> rollout.SiteState:
+        self.require_site(name)
+        runtime = self.sites[name]
         async with runtime.lock:
-            decision = rollout.command(runtime.state, cmd, self.clock(),
-                                       runtime.config.rollout)
+            decision = rollout.command(runtime.state, cmd, self.clock(), runtime.config.rollout)
             await self._commit(runtime, decision)
         return runtime.state
 
@@ -445,18 +263,17 @@ class Daemon:
         """Re-read the config and rule files; swap between ticks, or keep the last good set.
 
         Rules, thresholds and rollout settings change at once (a running rollout keeps its
-        snapshot of steps; a rule that is gone stops counting). Sites, routers, the API and
-        Prometheus settings need a restart: a change to them is reported, not applied.
+        snapshot of steps; a rule that is gone stops counting). What `restart_needed` names
+        is reported, not applied.
         """
         async with self._reload_lock:
             if self.on_reload:
                 self.on_reload(False)
             try:
-                ok = await self._reload(reason)
+                return await self._reload(reason)
             finally:
                 if self.on_reload:
                     self.on_reload(True)
-            return ok
 
     async def _reload(self, reason: str) -> bool:
         self._signature = await asyncio.to_thread(self._files_signature)
@@ -470,41 +287,28 @@ class Daemon:
                 self.notifier.post(name, "reload_failed", "config reload failed, the last good "
                                    "rules stay in force: " + "; ".join(self.reload_error[:3]))
             return False
-        old = self.loaded.config
-        warnings = [f"{part} changed: restart the daemon to apply it"
-                    for part, before, after in (
-                        ("sites (names, routers or colours)",
-                         {n: (s.router, s.colors) for n, s in old.sites.items()},
-                         {n: (s.router, s.colors) for n, s in new.config.sites.items()}),
-                        ("api", old.api, new.config.api),
-                        ("access_log", old.access_log, new.config.access_log),
-                        ("prometheus", old.prometheus, new.config.prometheus),
-                        ("state_dir", old.state_dir, new.config.state_dir),
-                        ("notify", old.notify, new.config.notify))
-                    if before != after]
+        warnings = restart_needed(self.loaded.config, new.config)
         for runtime in self.sites.values():  # between ticks: each site's lock in turn
             async with runtime.lock:
-                site = new.config.sites.get(runtime.name)
-                if site is not None and site.router == runtime.config.router:
-                    if site.rollout.interval != runtime.config.rollout.interval \
+                config = new.config.sites.get(runtime.name)
+                if config is not None and config.router == runtime.config.router:
+                    if config.rollout.interval != runtime.config.rollout.interval \
                             and self.scheduler is not None:
                         self.scheduler.reschedule_job(f"tick:{runtime.name}", trigger="interval",
-                                                      seconds=site.rollout.interval)
-                    runtime.config = site
-                names = {r.name for r in new.rules_for(runtime.name)}
-                gone = {r.name for r in self.loaded.rules_for(runtime.name)} - names
-                gone |= {k[0] for k in runtime.statuses if k[0] not in names}
-                for rule_name in gone:  # a removed rule stops counting, for every colour
-                    for color in COLORS:
-                        self._forget(runtime.name, rule_name, color)
+                                                      seconds=config.rollout.interval)
+                    runtime.config = config
+        self.rules.update(new, self.sites)  # no await inside: atomic for the ticks
         self.loaded = new
         self.reload_error = None
         self.reload_warnings = warnings + new.warnings
-        self.last_reload_at = time.time()
-        self.metrics.config_last_reload_successful.set(1)
-        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
+        self._reloaded()
         log.info("reloaded", reason=reason, rules=len(new.rules), warnings=warnings)
         return True
+
+    def _reloaded(self) -> None:
+        self.last_reload_at = self.clock()
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
 
     # ---------------------------------------------------------------- views
 
@@ -513,12 +317,18 @@ class Daemon:
         if name not in self.sites:
             raise UnknownSite(name)
 
+    def snapshot(self, name: str) -> views.SiteSnapshot:
+        self.require_site(name)
+        r = self.sites[name]
+        return views.SiteSnapshot(
+            r.name, r.state, r.router.actual, r.router.kind, r.router.error,
+            tuple(self.rules.rows(name)), tuple(self.alerts.firing.get(name, {}).values()),
+            r.last_tick, r.config.rollout.interval, self.clock())
+
     async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
-        runtime = self.sites.get(name)
-        if runtime is None:
-            raise UnknownSite(name)
+        snap = self.snapshot(name)
         recent = await asyncio.to_thread(self.store.events, name, events) if events else None
-        return views.site_view(self, runtime, recent)
+        return views.site_view(snap, recent)
 
     async def sites_view(self) -> list[dict[str, Any]]:
         return [await self.site_view(name) for name in self.sites]

@@ -4,6 +4,10 @@ Each site's whole state (live colour, desired weights, current rollout with its 
 step start) is one row, written in the same transaction as the events that explain the change,
 and committed before the router is touched. A daemon killed at any moment restarts from here
 and makes the router match the stored split: never an unknown split.
+
+Beside it, in table `memory`, what the rules and Alertmanager had told the daemon: each rule's
+state (pending since when, firing) and the firing alerts, so a restart does not restart a `for`
+clock or forget an alert until Alertmanager repeats it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,12 +45,27 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_site ON events (site, id);
+CREATE TABLE IF NOT EXISTS memory (
+    site TEXT PRIMARY KEY,
+    rules TEXT NOT NULL DEFAULT '[]',
+    alerts TEXT NOT NULL DEFAULT '[]',
+    updated_at REAL NOT NULL
+);
 """
 
 
 INSERT_EVENT = (
     "INSERT INTO events (at, site, rollout_id, kind, phase_from, phase_to, weights, rule, value, "
     "threshold, actor, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+# A column given as NULL keeps what is stored: rules and alerts are saved apart.
+SAVE_MEMORY = (
+    "INSERT INTO memory (site, rules, alerts, updated_at) "
+    "VALUES (?, coalesce(?, '[]'), coalesce(?, '[]'), ?) "
+    "ON CONFLICT(site) DO UPDATE SET rules = coalesce(?, rules), alerts = coalesce(?, alerts), "
+    "updated_at = excluded.updated_at"
 )
 
 
@@ -83,8 +103,9 @@ def state_from_json(text: str) -> SiteState:
 class Store:
     """One SQLite file; every method is safe to call from worker threads (one lock)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = state_dir / "state.db"
+        self.clock = clock
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -104,7 +125,7 @@ class Store:
     def save(self, state: SiteState, events: tuple[Event, ...] | list[Event] = (),
              at: float | None = None) -> None:
         """The state and its events in one transaction: both are stored, or neither."""
-        now = time.time() if at is None else at
+        now = self.clock() if at is None else at
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -128,7 +149,7 @@ class Store:
         """An event that changes no state (drift repaired, router error, reload)."""
         with self._lock:
             self._db.execute(INSERT_EVENT,
-                             _event_row(time.time() if at is None else at, site, event))
+                             _event_row(self.clock() if at is None else at, site, event))
 
     def events(self, site: str, limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` events of a site, oldest first."""
@@ -146,6 +167,28 @@ class Store:
             item["weights"] = json.loads(item["weights"])
             out.append(item)
         return out
+
+    def save_memory(self, site: str, *, rules: list[dict[str, Any]] | None = None,
+                    alerts: list[dict[str, Any]] | None = None) -> None:
+        """Replace the stored rule states and/or firing alerts of a site."""
+        if rules is None and alerts is None:
+            return
+        texts = [None if v is None else json.dumps(v, sort_keys=True, allow_nan=False)
+                 for v in (rules, alerts)]
+        with self._lock:
+            try:
+                self._db.execute(SAVE_MEMORY, (site, *texts, self.clock(), *texts))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write the state store {self.path}: {exc}") from None
+
+    def load_memory(self, site: str) -> dict[str, list[dict[str, Any]]]:
+        """{"rules": [...], "alerts": [...]} as last saved; empty lists when none."""
+        with self._lock:
+            row = self._db.execute("SELECT rules, alerts FROM memory WHERE site = ?",
+                                   (site,)).fetchone()
+        if row is None:
+            return {"rules": [], "alerts": []}
+        return {"rules": json.loads(row[0]), "alerts": json.loads(row[1])}
 
     def close(self) -> None:
         with self._lock:

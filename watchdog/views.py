@@ -3,57 +3,66 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from watchdog.rollout import Phase, SiteState
+from watchdog.alerts import Alert
+from watchdog.rollout import Phase, SiteState, Weights
+from watchdog.rulemanager import Rule
+from watchdog.rules import RuleStatus
 
-if TYPE_CHECKING:
-    from watchdog.daemon import Daemon, SiteRuntime
+
+@dataclass(frozen=True)
+class SiteSnapshot:
+    """What the API shows of one site at one moment; the daemon takes it, this module only
+    shapes it (so the views never reach into the running daemon)."""
+
+    name: str
+    state: SiteState
+    actual: Weights | None
+    router_kind: str
+    router_error: str | None
+    rules: tuple[tuple[Rule, str, RuleStatus], ...]
+    alerts: tuple[Alert, ...]
+    last_tick: float | None
+    interval: float
+    now: float
 
 
-def site_view(daemon: Daemon, runtime: SiteRuntime,
-              events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    state = runtime.state
+def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    state = snap.state
     view: dict[str, Any] = {
-        "site": runtime.name,
+        "site": snap.name,
         "live": state.live,
         "phase": state.phase.value,
         "target": state.target,
         "weights": state.weights,
-        "actual_weights": runtime.actual,
-        "router": {"kind": runtime.router.kind, "error": runtime.router_error},
+        "actual_weights": snap.actual,
+        "router": {"kind": snap.router_kind, "error": snap.router_error},
         "previous": ({"color": state.previous, "until": state.previous_until}
                      if state.previous else None),
-        "rollout": rollout_view(state, daemon.clock()),
-        "rules": rules_view(daemon, runtime),
+        "rollout": rollout_view(state, snap.now),
+        "rules": [rule_row(rule, color, status) for rule, color, status in snap.rules],
         "alerts": [{"name": a.name, "color": a.color, "since": a.starts_at,
-                    "summary": a.summary}
-                   for a in daemon.alerts.firing.get(runtime.name, {}).values()],
-        "last_tick": runtime.last_tick,
-        "interval": runtime.config.rollout.interval,
+                    "summary": a.summary, "ends_at": a.ends_at} for a in snap.alerts],
+        "last_tick": snap.last_tick,
+        "interval": snap.interval,
     }
     if events is not None:
         view["events"] = events
     return view
 
 
-def rules_view(daemon: Daemon, runtime: SiteRuntime) -> list[dict[str, Any]]:
-    out = []
-    rules = {r.name: r for r in daemon.loaded.rules_for(runtime.name)}
-    for (rule_name, color), status in sorted(runtime.statuses.items()):
-        rule = rules.get(rule_name)
-        if rule is None:
-            continue
-        value = status.value
-        out.append({
-            "name": rule_name, "color": color, "source": rule.source,
-            "state": status.state.label,
-            "value": value if value is None or math.isfinite(value) else None,
-            "outcome": status.outcome.value if status.outcome else None,
-            "threshold": rule.threshold_text(), "for": rule.for_, "on_fire": rule.on_fire,
-            "since": status.since, "detail": status.detail,
-        })
-    return out
+def rule_row(rule: Rule, color: str, status: RuleStatus) -> dict[str, Any]:
+    value = status.value
+    return {
+        "name": rule.name, "color": color, "source": rule.source,
+        "state": status.state.label,
+        "value": value if value is None or math.isfinite(value) else None,
+        "outcome": status.outcome.value if status.outcome else None,
+        "threshold": rule.threshold_text(), "for": rule.for_, "on_fire": rule.on_fire,
+        "since": status.since, "detail": status.detail,
+    }
 
 
 def rollout_view(state: SiteState, now: float) -> dict[str, Any] | None:

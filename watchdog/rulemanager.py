@@ -1,0 +1,220 @@
+"""The rules in force, where each stands, and their series: one owner for all three.
+
+Shaped like Prometheus' rule manager (`rules/manager.go`): `update` swaps in a new rule set
+between ticks and copies the state of every rule that survives it (a pending rule keeps its
+`since`, so a reload never restarts a `for` clock); the series of a removed rule are deleted, so
+neither `/metrics` nor the API shows a rule that no longer counts. A failed load never gets
+here: the daemon keeps the previous set.
+
+The state of each rule is also what `memory()` hands the store and `restore()` takes back after
+a restart, as Prometheus restores `ALERTS_FOR_STATE`: a rule pending for 50 s of its `for: 60s`
+fires 10 s after a restart, not 60 s.
+
+`restart_needed` is the pure half of a reload: which changes of a new config the daemon cannot
+take while running (sites, routers, listeners, the store) and reports instead of applying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import structlog
+
+from watchdog.config import COLORS, DaemonConfig, LoadedConfig
+from watchdog.measurement import Measurement
+from watchdog.metrics import Metrics
+from watchdog.rollout import RuleView
+from watchdog.rules import Outcome, RuleStatus, State, evaluate
+from watchdog.sources import Source, Target, measure_all
+
+log = structlog.get_logger("odoo_watchdog")
+
+Key = tuple[str, str]  # (rule name, colour)
+Post = Callable[..., None]  # notify.Notifier.post
+
+
+class Rule(Protocol):
+    """What the manager needs of a rule model (config's rule models satisfy it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def on_fire(self) -> str: ...
+    @property
+    def for_(self) -> float: ...
+
+    def threshold_text(self) -> str: ...
+
+
+def rule_view(rule: Rule, status: RuleStatus) -> RuleView:
+    """What the rollout machine sees of a rule: the one place such a view is built."""
+    return RuleView(rule.name, status.state, str(rule.on_fire), status.value,
+                    rule.threshold_text(), status.detail)
+
+
+def restart_needed(old: DaemonConfig, new: DaemonConfig) -> list[str]:
+    """The parts of `new` a running daemon does not take, one warning each."""
+    parts = (
+        ("sites (names, routers or colours)",
+         {n: (s.router, s.colors) for n, s in old.sites.items()},
+         {n: (s.router, s.colors) for n, s in new.sites.items()}),
+        ("api", old.api, new.api),
+        ("access_log", old.access_log, new.access_log),
+        ("prometheus", old.prometheus, new.prometheus),
+        ("state_dir", old.state_dir, new.state_dir),
+        ("notify", old.notify, new.notify),
+    )
+    return [f"{part} changed: restart the daemon to apply it"
+            for part, before, after in parts if before != after]
+
+
+def status_to_json(status: RuleStatus) -> dict[str, Any]:
+    value = status.value if status.value is not None and math.isfinite(status.value) else None
+    return {"state": status.state.label, "since": status.since,
+            "changed_at": status.changed_at,
+            "outcome": status.outcome.value if status.outcome else None, "value": value,
+            "detail": status.detail, "evaluated_at": status.evaluated_at}
+
+
+def status_from_json(data: dict[str, Any]) -> RuleStatus:
+    outcome = data.get("outcome")
+    return RuleStatus(State[str(data["state"]).upper()], data.get("since"),
+                      data.get("changed_at"), Outcome(outcome) if outcome else None,
+                      data.get("value"), str(data.get("detail", "")), data.get("evaluated_at"))
+
+
+class RuleManager:
+    def __init__(self, loaded: LoadedConfig, sources: dict[str, Source], metrics: Metrics,
+                 post: Post, clock: Callable[[], float] = time.time) -> None:
+        self.loaded = loaded
+        self.sources = sources
+        self.metrics = metrics
+        self.post = post
+        self.clock = clock
+        self.statuses: dict[str, dict[Key, RuleStatus]] = {}
+        self._stored: dict[str, dict[Key, tuple[State, float | None]]] = {}
+
+    def rules_for(self, site: str) -> list[Any]:
+        return list(self.loaded.rules_for(site))
+
+    def rule(self, site: str, name: str) -> Rule | None:
+        return next((r for r in self.rules_for(site) if r.name == name), None)
+
+    def on_fire(self, name: str) -> str:
+        rule = next((r for r in self.loaded.rules if r.name == name), None)
+        return str(rule.on_fire) if rule is not None else "notify"
+
+    # ------------------------------------------------------------ measuring
+
+    async def measure(self, site: str, target: Target, phase: str) -> dict[str, RuleView]:
+        """Measure and judge every rule of `site` for the target's colour."""
+        color = target.color
+        rules = self.rules_for(site)
+        started = time.monotonic()
+        measurements = await measure_all(self.sources, rules, target)
+        now = self.clock()
+        statuses = self.statuses.setdefault(site, {})
+        current = {r.name for r in self.rules_for(site)}  # a reload may have removed one
+        out: dict[str, RuleView] = {}
+        for rule, m in zip(rules, measurements, strict=True):
+            if rule.name not in current:
+                continue
+            before = statuses.get((rule.name, color), RuleStatus())
+            after = evaluate(rule, before, m, now)
+            statuses[(rule.name, color)] = after
+            self._series(site, rule, color, after, m, time.monotonic() - started)
+            if after.state is not before.state:
+                self._changed(site, rule, color, before, after, m, phase)
+            out[rule.name] = rule_view(rule, after)
+        # The other colour is not measured now: forget its states and series, so neither the
+        # API nor the metrics keep showing a colour's last state as current.
+        for key in [k for k in statuses if k[1] != color]:
+            self.forget(site, *key)
+        return out
+
+    def _changed(self, site: str, rule: Rule, color: str, before: RuleStatus,
+                 after: RuleStatus, m: Measurement, phase: str) -> None:
+        log.info("rule_state", site=site, rule=rule.name, color=color,
+                 state_from=before.state.label, state=after.state.label, value=after.value,
+                 threshold=rule.threshold_text(), detail=m.detail, phase=phase)
+        if after.state is State.FIRING and rule.on_fire == "notify":
+            self.post(site, "rule", f"{site}: rule {rule.name} fired on {color} (value "
+                      f"{after.value}, threshold {rule.threshold_text()}; {m.detail})",
+                      rule=rule.name)
+
+    def _series(self, site: str, rule: Rule, color: str, status: RuleStatus, m: Measurement,
+                seconds: float) -> None:
+        outcome = status.outcome.value if status.outcome else "error"
+        self.metrics.rule_evaluations_total.labels(site, rule.name, outcome).inc()
+        self.metrics.rule_evaluation_seconds.labels(rule.source).observe(
+            max(0.0, m.finished - m.started) if m.finished else seconds)
+        self.metrics.rule_state.labels(site, rule.name, color).set(int(status.state))
+        value = status.value if status.value is not None else math.nan
+        self.metrics.rule_value.labels(site, rule.name, color).set(value)
+
+    def views(self, site: str, color: str) -> dict[str, RuleView]:
+        """The last known view of each rule for `color`, without measuring."""
+        out: dict[str, RuleView] = {}
+        for (name, c), status in self.statuses.get(site, {}).items():
+            rule = self.rule(site, name)
+            if c == color and rule is not None:
+                out[name] = rule_view(rule, status)
+        return out
+
+    def rows(self, site: str) -> list[tuple[Rule, str, RuleStatus]]:
+        """(rule, colour, status) of each rule in force that has a state, sorted."""
+        out = []
+        for (name, color), status in sorted(self.statuses.get(site, {}).items()):
+            rule = self.rule(site, name)
+            if rule is not None:
+                out.append((rule, color, status))
+        return out
+
+    # ------------------------------------------------------------ reload
+
+    def update(self, new: LoadedConfig, sites: Iterable[str]) -> None:
+        """Swap in `new`; surviving rules keep their state, removed ones lose it and their
+        series, for every colour."""
+        for site in sites:
+            names = {r.name for r in new.rules_for(site)}
+            gone = {r.name for r in self.loaded.rules_for(site)} - names
+            gone |= {k[0] for k in self.statuses.get(site, {}) if k[0] not in names}
+            for rule_name in gone:
+                for color in COLORS:
+                    self.forget(site, rule_name, color)
+        self.loaded = new
+
+    def forget(self, site: str, rule: str, color: str) -> None:
+        self.statuses.get(site, {}).pop((rule, color), None)
+        for gauge in (self.metrics.rule_state, self.metrics.rule_value):
+            with contextlib.suppress(KeyError):
+                gauge.remove(site, rule, color)
+
+    # ------------------------------------------------------------ restart
+
+    def memory(self, site: str) -> list[dict[str, Any]] | None:
+        """The site's rule states to store, or None when nothing a restart needs has changed
+        since the last call (a value moving within a state is not worth an fsync)."""
+        statuses = self.statuses.get(site, {})
+        essential = {k: (s.state, s.since) for k, s in statuses.items()}
+        if self._stored.get(site) == essential:
+            return None
+        self._stored[site] = essential
+        return [{"rule": rule, "color": color, **status_to_json(s)}
+                for (rule, color), s in sorted(statuses.items())]
+
+    def restore(self, site: str, stored: list[dict[str, Any]]) -> int:
+        """Take back stored states of rules still in force; how many were restored."""
+        names = {r.name for r in self.rules_for(site)}
+        statuses = self.statuses.setdefault(site, {})
+        for item in stored:
+            if item.get("rule") in names and item.get("color") in COLORS:
+                statuses[(item["rule"], item["color"])] = status_from_json(item)
+        self._stored[site] = {k: (s.state, s.since) for k, s in statuses.items()}
+        return len(statuses)

@@ -1,0 +1,121 @@
+"""One site's traffic switch as the daemon uses it: the router with its metrics, the split it
+last reported, its last error, and the repair of drift.
+
+The router modules (`watchdog/routers/`) only talk to a proxy; this object adds what every
+kind needs the same way: each read and write is counted and timed
+(`odoo_watchdog_router_operations_total`, `..._operation_seconds`), a failure is logged once
+and written to the audit log, and `reconcile` puts the stored split back when the proxy
+reports another one (a reload of the proxy, a person with a runtime API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from watchdog.metrics import Metrics
+from watchdog.rollout import Event, SiteState, Weights
+from watchdog.routers import Router, RouterError, format_weights
+from watchdog.store import Store
+
+log = structlog.get_logger("odoo_watchdog")
+
+
+def audit_event(state: SiteState, kind: str, message: str) -> Event:
+    """An event that changes no state (drift repaired, router error), in the state's context."""
+    phase = state.phase.value
+    ro = state.rollout
+    return Event(kind, message, phase, phase, dict(state.weights),
+                 rollout_id=ro.id if ro else None)
+
+
+class SiteRouter:
+    def __init__(self, site: str, router: Router, metrics: Metrics, store: Store) -> None:
+        self.site = site
+        self.router = router
+        self.metrics = metrics
+        self.store = store
+        self.actual: Weights | None = None  # the split the router last reported
+        self.error: str | None = None  # the last failure, until an operation succeeds
+
+    @property
+    def kind(self) -> str:
+        return self.router.kind
+
+    def _count(self, result: str, started: float) -> None:
+        self.metrics.router_operations_total.labels(self.site, self.kind, result).inc()
+        self.metrics.router_operation_seconds.labels(self.kind).observe(
+            time.monotonic() - started)
+
+    async def _record(self, state: SiteState, kind: str, message: str) -> None:
+        await asyncio.to_thread(self.store.record, self.site, audit_event(state, kind, message))
+
+    async def check(self, state: SiteState) -> str | None:
+        """The router's own check (admin level, servers known, files writable); the problem,
+        logged and kept as the router's error, or None."""
+        try:
+            await self.router.check()
+        except RouterError as exc:
+            self.error = str(exc)
+            log.error("router_check_failed", site=self.site, error=self.error)
+            await self._record(state, "router_error", f"router check failed: {exc}")
+            return self.error
+        return None
+
+    async def read(self) -> Weights | None:
+        started = time.monotonic()
+        try:
+            actual = await self.router.get_weights()
+        except RouterError as exc:
+            self._count("error", started)
+            if self.error != str(exc):
+                log.error("router_error", site=self.site, error=str(exc))
+            self.error = str(exc)
+            self.actual = None
+            return None
+        self._count("ok", started)
+        self.error = None
+        self.actual = actual
+        return actual
+
+    async def apply(self, state: SiteState, weights: Weights, drain: bool) -> bool:
+        started = time.monotonic()
+        try:
+            await self.router.set_weights(weights, drain=drain)
+        except RouterError as exc:
+            self._count("error", started)
+            self.error = str(exc)
+            log.error("router_error", site=self.site, error=str(exc), weights=weights)
+            await self._record(state, "router_error",
+                               f"setting {format_weights(weights)} failed: {exc}")
+            return False
+        self._count("ok", started)
+        self.error = None
+        self.actual = dict(weights)
+        return True
+
+    async def reconcile(self, state: SiteState, known: bool = False) -> None:
+        """Make the router match the stored split.
+
+        `known`: `self.actual` was read in this tick (or set by a switch that read it back),
+        so the router is not asked again.
+        """
+        actual = self.actual if known else await self.read()
+        desired = state.weights
+        if actual is not None:
+            try:
+                await self.router.settle()
+            except RouterError as exc:
+                log.error("router_error", site=self.site, error=str(exc))
+        if actual is None or actual == desired:
+            return
+        self.metrics.router_drift_total.labels(self.site).inc()
+        log.warning("drift", site=self.site, actual=actual, weights=desired)
+        await self._record(state, "drift", f"router reports {format_weights(actual)}, desired "
+                           f"is {format_weights(desired)}: putting it back")
+        await self.apply(state, desired, drain=False)
+
+    async def close(self) -> None:
+        await self.router.close()
