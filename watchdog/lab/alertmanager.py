@@ -3,24 +3,23 @@ routing every alert at once to one webhook (the daemon's) with a Bearer token fr
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from watchdog.lab.procs import LabError, ManagedProcess, free_port, http_ok
+from watchdog.lab.procs import LabProgram, ManagedProcess, find_program, free_port, http_ok
 
 
 def alertmanager_binary() -> str:
-    for name in ("prometheus-alertmanager", "alertmanager"):
-        found = shutil.which(name)
-        if found is not None:
-            return found
-    raise LabError("alertmanager is not installed: apt-get install -y prometheus-alertmanager")
+    return find_program(
+        "alertmanager",
+        "apt-get install -y prometheus-alertmanager",
+        names=("prometheus-alertmanager", "alertmanager"),
+    )
 
 
-class AlertmanagerLab:
+class AlertmanagerLab(LabProgram):
     def __init__(self, workdir: Path, webhook_url: str, *, token_file: Path | None = None,
                  port: int | None = None, group_wait: str = "0s") -> None:
         self.workdir = workdir
@@ -29,7 +28,7 @@ class AlertmanagerLab:
         self.token_file = token_file
         self.group_wait = group_wait
         self.config_path = workdir / "alertmanager.yml"
-        self._proc = ManagedProcess(
+        self.process = ManagedProcess(
             "alertmanager",
             [alertmanager_binary(), f"--config.file={self.config_path}",
              f"--storage.path={workdir / 'data'}",
@@ -41,16 +40,8 @@ class AlertmanagerLab:
         )
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
 
     def write_config(self) -> None:
         webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True,
@@ -67,16 +58,5 @@ class AlertmanagerLab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start(self) -> AlertmanagerLab:
+    def prepare(self) -> None:
         self.write_config()
-        self._proc.start()
-        return self
-
-    def stop(self) -> None:
-        self._proc.stop()
-
-    def __enter__(self) -> AlertmanagerLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -9,13 +9,12 @@ syslog port.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import time
 from pathlib import Path
 
-from watchdog.lab.procs import LabError, ManagedProcess, free_port, port_open
+from watchdog.lab.procs import LabError, LabProgram, ManagedProcess, find_program, free_port
 
 CONFIG = """\
 global
@@ -56,13 +55,10 @@ backend static
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy")
-    if found is None:
-        raise LabError("haproxy is not installed: apt-get install -y haproxy")
-    return found
+    return find_program("haproxy", "apt-get install -y haproxy")
 
 
-class HaproxyLab:
+class HaproxyLab(LabProgram):
     """A real HAProxy: `port` is the frontend, `admin_socket` the runtime API at level admin."""
 
     def __init__(
@@ -88,7 +84,7 @@ class HaproxyLab:
         self.user_socket = workdir / "user.sock"
         self.state_file = workdir / "haproxy.state"
         self.tcp_port = free_port()
-        self._proc = ManagedProcess(
+        self.process = ManagedProcess(
             "haproxy",
             [haproxy_binary(), "-db", "-f", str(self.config_path)],
             log_path=workdir / "haproxy.out",
@@ -97,19 +93,11 @@ class HaproxyLab:
         )
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def tcp_socket(self) -> str:
         return f"127.0.0.1:{self.tcp_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
     def _ready(self) -> bool:
-        return port_open("127.0.0.1", self.port) and self.admin_socket.exists()
+        return self.listening() and self.admin_socket.exists()
 
     def render(self) -> str:
         log_global = log_defaults = ""
@@ -123,32 +111,21 @@ class HaproxyLab:
             log_global=log_global, log_defaults=log_defaults,
         )
 
-    def start(self) -> HaproxyLab:
+    def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.render())
-        self._proc.start()
-        return self
-
-    def stop(self) -> None:
-        self._proc.stop()
 
     def reload(self, timeout: float = 10.0) -> None:
         """SIGUSR2 to the master: a new worker starts, reads the server-state-file, takes over."""
         before = worker_pid(self.admin_socket)
-        self._proc.signal(signal.SIGUSR2)
+        self.process.signal(signal.SIGUSR2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             now = worker_pid(self.admin_socket)
             if now is not None and now != before:
                 return
             time.sleep(0.05)
-        raise LabError(f"haproxy did not reload within {timeout:g}s:\n{self._proc.tail()}")
-
-    def __enter__(self) -> HaproxyLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        raise LabError(f"haproxy did not reload within {timeout:g}s:\n{self.process.tail()}")
 
 
 def runtime_api(path: Path, command: str, timeout: float = 2.0) -> str:

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from watchdog.lab.procs import LabError, ManagedProcess, free_port, port_open
+from watchdog.lab.procs import (
+    LabError,
+    LabProgram,
+    ManagedProcess,
+    find_program,
+    free_port,
+    tail_file,
+)
 
 __all__ = ["NginxLab", "nginx_binary"]
 
@@ -58,13 +64,14 @@ http {{
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-    if found is None:
-        raise LabError("nginx is not installed: apt-get install -y nginx-light")
-    return found
+    return find_program(
+        "nginx",
+        "apt-get install -y nginx-light",
+        path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
+    )
 
 
-class NginxLab:
+class NginxLab(LabProgram):
     """A real nginx on 127.0.0.1:`port` proxying `/` to `upstream`, defined in `upstream_file`.
 
     `test_command` and `reload_command` are what a router config's `test:` and `reload:` take
@@ -91,7 +98,7 @@ class NginxLab:
         self.error_log = self.workdir / "error.log"
         self.access_log = self.workdir / "access.log"
         self.temp_dir = self.workdir / "tmp"
-        self._proc = ManagedProcess(
+        self.process = ManagedProcess(
             "nginx",
             [*self._base_argv(), "-g", "daemon off;"],
             log_path=self.workdir / "nginx.out",
@@ -101,14 +108,6 @@ class NginxLab:
 
     def _base_argv(self) -> list[str]:
         return [self.binary, "-c", str(self.config_path), "-p", f"{self.workdir}/"]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
 
     @property
     def test_command(self) -> str:
@@ -130,28 +129,20 @@ class NginxLab:
         )
 
     def _ready(self) -> bool:
-        return port_open("127.0.0.1", self.port) and bool(self.worker_pids())
+        return self.listening() and bool(self.worker_pids())
 
-    def start(self) -> NginxLab:
-        """Write the config and start nginx; the upstream file must exist already."""
+    def prepare(self) -> None:
+        """Write the config before nginx starts; the upstream file must exist already."""
         if not self.upstream_file.exists():
             raise LabError(f"write the upstream file {self.upstream_file} before starting nginx")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
         self.config_path.write_text(self.render())
-        self._proc.start()
-        return self
-
-    def stop(self) -> None:
-        self._proc.stop()
-
-    def running(self) -> bool:
-        return self._proc.running()
 
     def worker_pids(self) -> set[int]:
         """Live (non-zombie) children of our nginx master: its worker processes."""
-        master = self._proc.pid
-        if master is None or not self._proc.running():
+        master = self.process.pid
+        if master is None or not self.process.running():
             return set()
         found: set[int] = set()
         for entry in os.scandir("/proc"):
@@ -192,14 +183,4 @@ class NginxLab:
         self.wait_workers_replaced(before, timeout)
 
     def tail_error_log(self, lines: int = 20) -> str:
-        try:
-            text = self.error_log.read_text(errors="replace")
-        except OSError:
-            return "(no error log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> NginxLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return tail_file(self.error_log, lines, "(no error log)")

@@ -3,12 +3,17 @@
 Every program runs in its own process group so that stopping it also stops anything it
 forked (nginx workers, HAProxy's master/worker pair). Stopping is by pid: SIGTERM, then
 SIGKILL after a grace period. Nothing here ever kills by name.
+
+`ManagedProcess` starts one program, waits until it is ready and stops it by pid; `LabProgram`
+is the base of the lab's wrappers around one (HAProxy, nginx, Prometheus, Alertmanager, the
+Odoo stand-in): url, pid, start/stop and `with`, around a config written in `prepare()`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +22,32 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 
 class LabError(RuntimeError):
     """A lab program could not be started or did not become ready."""
+
+
+def find_program(
+    name: str, install: str, *, names: Sequence[str] = (), path: str | None = None
+) -> str:
+    """The program `name` (or the first of `names`) found on PATH, or on `path` when given;
+    LabError saying how to `install` it when there is none."""
+    for candidate in names or (name,):
+        found = shutil.which(candidate, path=path)
+        if found is not None:
+            return found
+    raise LabError(f"{name} is not installed: {install}")
+
+
+def tail_file(path: Path, lines: int, missing: str) -> str:
+    """The last `lines` lines of the file at `path`, or `missing` when it cannot be read."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return missing
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -156,13 +183,56 @@ class ManagedProcess:
             self.proc.wait(timeout=5)
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no output)"
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_file(self.log_path, lines, "(no output)")
 
     def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LabProgram:
+    """A lab program on 127.0.0.1:`port`, run by one ManagedProcess (`process`).
+
+    A subclass sets `port` and `process` in its `__init__` and writes what the program reads
+    at start (its config) in `prepare()`. This gives it `url`, `pid`, `running()`, `start()`
+    (prepare, launch, wait until ready), `stop()` and `kill()` by pid, and use in `with`.
+    """
+
+    port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def listening(self) -> bool:
+        """True when something accepts TCP connections on 127.0.0.1:`port`."""
+        return port_open("127.0.0.1", self.port)
+
+    def prepare(self) -> None:
+        """Write what the program needs before it starts; nothing by default."""
+
+    def start(self) -> Self:
+        self.prepare()
+        self.process.start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.process.stop(grace)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

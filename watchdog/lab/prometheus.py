@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -14,7 +13,14 @@ from typing import Any
 
 import yaml
 
-from watchdog.lab.procs import LabError, ManagedProcess, free_port, http_ok
+from watchdog.lab.procs import (
+    LabError,
+    LabProgram,
+    ManagedProcess,
+    find_program,
+    free_port,
+    http_ok,
+)
 
 
 @dataclass
@@ -27,13 +33,10 @@ class ScrapeJob:
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        raise LabError("prometheus is not installed: apt-get install -y prometheus")
-    return found
+    return find_program("prometheus", "apt-get install -y prometheus")
 
 
-class PrometheusLab:
+class PrometheusLab(LabProgram):
     """A real Prometheus whose scrape jobs and rule files the caller sets."""
 
     def __init__(
@@ -53,7 +56,7 @@ class PrometheusLab:
         self.rule_files = list(rule_files or [])
         self.alertmanagers = list(alertmanagers or [])
         self.config_path = workdir / "prometheus.yml"
-        self._proc = ManagedProcess(
+        self.process = ManagedProcess(
             "prometheus",
             [
                 prometheus_binary(),
@@ -68,14 +71,6 @@ class PrometheusLab:
             ready=lambda: http_ok(f"{self.url}/-/ready"),
             ready_timeout=60,
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,16 +101,8 @@ class PrometheusLab:
             out["authorization"] = {"credentials": job.bearer_token}
         return out
 
-    def start(self) -> PrometheusLab:
+    def prepare(self) -> None:
         self.write_config()
-        self._proc.start()
-        return self
-
-    def stop(self) -> None:
-        self._proc.stop()
-
-    def running(self) -> bool:
-        return self._proc.running()
 
     def reload(self) -> None:
         """Write the config again and ask Prometheus to load it (`/-/reload`)."""
@@ -152,9 +139,3 @@ class PrometheusLab:
         self.wait_for(
             f'up{{job="{job}"}} == 1', lambda r: len(r) >= want, timeout=timeout
         )
-
-    def __enter__(self) -> PrometheusLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

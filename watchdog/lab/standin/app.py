@@ -106,13 +106,7 @@ async def lab_info(request: web.Request) -> web.Response:
 
 def injected_error(request: web.Request, state: Standin, req_id: Any) -> web.Response:
     exc_line = f"RuntimeError: lab fault: injected server error on {request.method} {request.path}"
-    state.log.write(
-        "ERROR",
-        "odoo.http",
-        "Exception during request handling.",
-        dbname=state.settings.db,
-        exc_text=format_traceback(exc_line),
-    )
+    state.log_exception(format_traceback(exc_line))
     if request.path in _JSON_ROUTES:
         err = ServerError("builtins.RuntimeError", exc_line.split(": ", 1)[1])
         return jsonrpc_response(req_id, error=err.json_error(), status=500)
@@ -167,13 +161,7 @@ async def odoo_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 log_odoo_error(state, err)
                 response = error_page(500)
             except Exception:
-                state.log.write(
-                    "ERROR",
-                    "odoo.http",
-                    "Exception during request handling.",
-                    dbname=state.settings.db,
-                    exc_text=traceback.format_exc(),
-                )
+                state.log_exception(traceback.format_exc())
                 response = error_page(500)
         status = response.status
         return response

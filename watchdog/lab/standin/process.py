@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from watchdog.lab.procs import ManagedProcess, free_port, http_ok
+from watchdog.lab.procs import LabProgram, ManagedProcess, free_port, http_ok
 
 
-class StandinProcess:
+class StandinProcess(LabProgram):
     """One stand-in run as `python -m watchdog.lab.standin` on loopback, stopped by its pid."""
 
     def __init__(
@@ -55,33 +55,8 @@ class StandinProcess:
             ready_timeout=10.0,
         )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.running()
-
-    def start(self) -> StandinProcess:
+    def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-        return self
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.process.stop(grace)
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def __enter__(self) -> StandinProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"StandinProcess(color={self.color!r}, url={self.url!r}, pid={self.pid})"

@@ -75,13 +75,7 @@ def jsonrpc_response(
 def log_odoo_error(state: Standin, err: OdooError) -> None:
     """What Odoo's HTTP layer logs for an exception escaping a route."""
     if err.log_level == "ERROR":
-        state.log.write(
-            "ERROR",
-            "odoo.http",
-            "Exception during request handling.",
-            dbname=state.settings.db,
-            exc_text=err.traceback_text(),
-        )
+        state.log_exception(err.traceback_text())
     elif err.log_level is not None:
         state.log.write(err.log_level, "odoo.http", err.message, dbname=state.settings.db)
 

@@ -5,10 +5,12 @@ and XML-RPC, each answering as Odoo 17 does (`odoo/addons/web/controllers/*.py`,
 
 from __future__ import annotations
 
+import functools
 import html
 import secrets
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -151,41 +153,56 @@ async def session_logout(request: web.Request) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-async def webclient_version_info(request: web.Request) -> web.Response:
-    parsed = await read_jsonrpc(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    req_id, _params = parsed
-    return jsonrpc_response(req_id, result=version_info(request.app[STATE].settings.version))
+JsonRoute = Callable[[web.Request, Standin, Any, dict[str, Any]], Awaitable[web.Response]]
 
 
-async def session_authenticate(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    parsed = await read_jsonrpc(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    req_id, params = parsed
-    try:
-        require("Session.authenticate", params, "db", "login", "password")
-        if params["db"] != state.settings.db and not state.faults.db_down:
-            raise AccessError("Database not found.")
-        uid = state.backend.authenticate(
-            params["db"], params["login"], params["password"], request.remote or ""
-        )
-    except OdooError as err:
-        log_odoo_error(state, err)
-        return jsonrpc_response(req_id, error=err.json_error())
+def json_route(route: JsonRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An Odoo `type='json'` route: `route(request, state, req_id, params)` gets the request
+    read as JSON-RPC (a bad one is answered as Odoo does), and an OdooError it raises is
+    logged and answered in the JSON-RPC envelope."""
+
+    @functools.wraps(route)
+    async def handler(request: web.Request) -> web.Response:
+        state = request.app[STATE]
+        parsed = await read_jsonrpc(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        req_id, params = parsed
+        try:
+            return await route(request, state, req_id, params)
+        except OdooError as err:
+            log_odoo_error(state, err)
+            return jsonrpc_response(req_id, error=err.json_error())
+
+    return handler
+
+
+@json_route
+async def webclient_version_info(
+    request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
+) -> web.Response:
+    return jsonrpc_response(req_id, result=version_info(state.settings.version))
+
+
+@json_route
+async def session_authenticate(
+    request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
+) -> web.Response:
+    require("Session.authenticate", params, "db", "login", "password")
+    if params["db"] != state.settings.db and not state.faults.db_down:
+        raise AccessError("Database not found.")
+    uid = state.backend.authenticate(
+        params["db"], params["login"], params["password"], request.remote or ""
+    )
     resp = jsonrpc_response(req_id, result=state.session_info(request))
     set_session_cookie(resp, state.new_session(uid))
     return resp
 
 
-async def session_get_info(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    parsed = await read_jsonrpc(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    req_id, _params = parsed
+@json_route
+async def session_get_info(
+    request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
+) -> web.Response:
     if not state.session_uid(request):
         state.app_log("INFO", "odoo.http", "Session expired")
         error = {
@@ -204,23 +221,17 @@ async def session_get_info(request: web.Request) -> web.Response:
     return jsonrpc_response(req_id, result=state.session_info(request))
 
 
-async def jsonrpc_endpoint(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    parsed = await read_jsonrpc(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    req_id, params = parsed
-    try:
-        require("RPC.jsonrpc", params, "service", "method", "args")
-        args = params["args"]
-        if not isinstance(args, list):
-            raise ServerError("builtins.TypeError", "args must be a list")
-        result = state.backend.dispatch(
-            str(params["service"]), str(params["method"]), args, request.remote or ""
-        )
-    except OdooError as err:
-        log_odoo_error(state, err)
-        return jsonrpc_response(req_id, error=err.json_error())
+@json_route
+async def jsonrpc_endpoint(
+    request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
+) -> web.Response:
+    require("RPC.jsonrpc", params, "service", "method", "args")
+    args = params["args"]
+    if not isinstance(args, list):
+        raise ServerError("builtins.TypeError", "args must be a list")
+    result = state.backend.dispatch(
+        str(params["service"]), str(params["method"]), args, request.remote or ""
+    )
     return jsonrpc_response(req_id, result=result)
 
 

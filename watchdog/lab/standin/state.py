@@ -81,6 +81,16 @@ class Standin:
     def app_log(self, level: str, name: str, message: str) -> None:
         self.log.write(level, name, message, dbname=self.settings.db)
 
+    def log_exception(self, exc_text: str) -> None:
+        """What Odoo's HTTP layer logs for an exception escaping a route: ERROR, traceback."""
+        self.log.write(
+            "ERROR",
+            "odoo.http",
+            "Exception during request handling.",
+            dbname=self.settings.db,
+            exc_text=exc_text,
+        )
+
     def apply_faults(self, settings: dict[str, Any]) -> None:
         for key, value in settings.items():
             setattr(self.faults, key, value)
