@@ -1,11 +1,11 @@
-"""`odoo-watchdog router`: read and set a split straight through the real HAProxy."""
+"""`odoo-watchdog router` and `check --connect`: through the real HAProxy and nginx."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,11 @@ from aiohttp import web
 
 from watchdog.config import SiteConfig
 from watchdog.lab.haproxy import HaproxyLab
+from watchdog.lab.nginx import NginxLab
 from watchdog.lab.procs import free_port
+from watchdog.lab.standin import StandinProcess
 from watchdog.routers.haproxy import HaproxyRouter
+from watchdog.routers.nginx import render_upstream
 
 pytestmark = pytest.mark.lab
 
@@ -135,3 +138,85 @@ def test_router_reports_an_unreachable_socket(config: Path, tmp_path: Path) -> N
     assert result.returncode == 1
     assert "cannot connect to HAProxy runtime API" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------ check --connect
+
+TWO_SITES = CONFIG + """\
+  shop:
+    router:
+      kind: nginx
+      upstream_file: "{upstream_file}"
+      upstream: odoo
+      test: '{test}'
+    colors:
+      blue: {{server: "127.0.0.1:{blue}", url: "http://127.0.0.1:{blue}"}}
+      green: {{server: "127.0.0.1:{green}", url: "http://127.0.0.1:{green}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def nginx(
+    tmp_path_factory: pytest.TempPathFactory, standins: tuple[StandinProcess, ...]
+) -> Iterator[NginxLab]:
+    blue, green = standins
+    workdir = tmp_path_factory.mktemp("check-nginx")
+    upstream_file = workdir / "odoo-upstream.conf"
+    servers = {"blue": f"127.0.0.1:{blue.port}", "green": f"127.0.0.1:{green.port}"}
+    upstream_file.write_text(render_upstream("shop", "odoo", servers, {"blue": 100, "green": 0}))
+    lab = NginxLab(workdir / "nginx", upstream_file)
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def two_sites(path: Path, haproxy: HaproxyLab, nginx: NginxLab, *, socket: Path | None = None,
+              test: str | None = None) -> Path:
+    path.write_text(TWO_SITES.format(
+        api_port=free_port(), socket=socket or haproxy.admin_socket, blue=haproxy.blue_port,
+        green=haproxy.green_port, upstream_file=nginx.upstream_file,
+        test=test or nginx.test_command))
+    return path
+
+
+async def test_check_connect_passes_when_every_router_can_switch(
+    tmp_path: Path, haproxy: HaproxyLab, nginx: NginxLab
+) -> None:
+    config = two_sites(tmp_path / "watchdog.yml", haproxy, nginx)
+    result = await cli("check", "-c", str(config), "--connect")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"SUCCESS: {config} is valid")
+    assert "every router answers and can switch (2 sites)" in result.stdout
+
+
+async def test_check_connect_reports_each_router_problem_on_one_line_at_its_site(
+    tmp_path: Path, haproxy: HaproxyLab, nginx: NginxLab
+) -> None:
+    missing = tmp_path / "missing.conf"
+    config = two_sites(tmp_path / "watchdog.yml", haproxy, nginx, socket=haproxy.user_socket,
+                       test=f"{nginx.binary} -t -c {missing}")
+    text = config.read_text().splitlines()
+    haproxy_line = text.index(next(line for line in text if "kind: haproxy" in line)) + 1
+    nginx_line = text.index("    router:") + 1
+    result = await cli("check", "-c", str(config), "--connect")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    problems = result.stderr.splitlines()
+    assert problems[-1] == "FAILED: 2 problems"
+    assert problems[0].startswith(
+        f"{config}:{haproxy_line}: site 'odoo': haproxy router: HAProxy runtime API "
+        f"{haproxy.user_socket} is at level 'user'")
+    assert problems[1].startswith(f"{config}:{nginx_line}: site 'shop': nginx router: ")
+    assert f'open() "{missing}" failed' in problems[1]  # nginx's own words
+    assert len(problems) == 3
+    assert "Traceback" not in result.stderr
+
+
+async def test_check_without_connect_does_not_touch_the_routers(
+    tmp_path: Path, haproxy: HaproxyLab, nginx: NginxLab
+) -> None:
+    config = two_sites(tmp_path / "watchdog.yml", haproxy, nginx,
+                       socket=tmp_path / "no-such.sock")
+    result = await cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "every router answers" not in result.stdout
