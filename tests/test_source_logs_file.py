@@ -17,7 +17,7 @@ from watchdog.config import DaemonConfig, LogsRule
 from watchdog.lab.standin import OdooLog, StandinProcess, set_faults
 from watchdog.measurement import Measurement
 from watchdog.rules import Outcome, RuleStatus, State, evaluate, judge
-from watchdog.sources import logs
+from watchdog.sources import logfile, logs
 from watchdog.sources.base import Target, create, kinds, measure_all
 from watchdog.sources.logs import LogsSource, SecondRing
 
@@ -220,7 +220,7 @@ async def test_rotation_by_rename_reads_the_end_of_the_old_file_and_all_of_the_n
     append(log, errors(1))
     clock.advance(5)
     assert await value(source, r, log) == 15
-    clock.advance(logs.ROTATE_WAIT + 1)  # then the old file is read a last time, and let go
+    clock.advance(logfile.ROTATE_WAIT + 1)  # then the old file is read a last time, and let go
     assert await value(source, r, log) == 15
     append(log.with_suffix(".log.1"), errors(100, "too late"))
     append(log, errors(1))
@@ -339,7 +339,7 @@ async def test_backlog_in_another_time_zone_is_left_out(tmp_path: Path) -> None:
 async def test_a_huge_file_is_not_read_from_its_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(logs, "BACKLOG_BYTES", 64 * 1024)
+    monkeypatch.setattr(logfile, "BACKLOG_BYTES", 64 * 1024)
     log = tmp_path / "odoo.log"
     append(log, infos(20_000), errors(5))  # about 2.4 MB
     source = LogsSource()
