@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from watchdog import reload
 from watchdog.config import (
     ConfigError,
     HttpRule,
@@ -16,11 +17,11 @@ from watchdog.config import (
     PrometheusRule,
     check_template,
     load,
-    load_config,
     render,
 )
 from watchdog.durations import DurationError, format_duration, parse_duration
 from watchdog.rollout import steps_of
+from watchdog.rulefiles import rule_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = Path(__file__).resolve().parent / "data" / "broken"
@@ -115,6 +116,25 @@ def test_glob_that_matches_nothing_is_a_warning(tmp_path: Path) -> None:
     assert loaded.warnings == ["rule_files pattern 'rules.d/*.yml' matches no file"]
 
 
+def test_rule_paths_are_relative_to_the_config_sorted_and_each_file_once(
+    tmp_path: Path,
+) -> None:
+    rules_d = tmp_path / "etc" / "rules.d"
+    rules_d.mkdir(parents=True)
+    for name in ("b.yml", "a.yml", "notes.txt"):
+        (rules_d / name).write_text("rules: []\n")
+    elsewhere = tmp_path / "abs.yml"
+    config = tmp_path / "etc" / "watchdog.yml"
+    warnings: list[str] = []
+    paths = rule_paths(config, ["rules.d/b.yml", "rules.d/*.yml", str(elsewhere), "none/*.yml"],
+                       warnings)
+    # A plain path is kept even when missing: loading it names the file.
+    assert paths == [rules_d / "b.yml", rules_d / "a.yml", elsewhere]
+    assert warnings == ["rule_files pattern 'none/*.yml' matches no file"]
+    # The daemon's reload poll watches the same files.
+    assert reload.rule_paths is rule_paths
+
+
 def test_shipped_rules_load_with_their_types_and_defaults() -> None:
     loaded = load(ROOT / "deploy" / "examples" / "watchdog.yml")
     by_name = {r.name: r for r in loaded.rules}
@@ -135,7 +155,7 @@ def test_shipped_rules_load_with_their_types_and_defaults() -> None:
 def test_defaults_of_a_minimal_config(tmp_path: Path) -> None:
     config = tmp_path / "w.yml"
     config.write_text(RULES_CONFIG.format(rule_file="x.yml").replace("rule_files: [x.yml]\n", ""))
-    cfg = load_config(config)
+    cfg = load(config).config
     assert cfg.api.listen == "127.0.0.1:9721"
     site = cfg.sites["odoo"]
     assert [s.weight for s in steps_of(site.rollout)] == [10, 50, 100]
@@ -149,7 +169,7 @@ def test_bluegreen_strategy_is_one_step_of_100(tmp_path: Path) -> None:
         RULES_CONFIG.format(rule_file="x.yml").replace("rule_files: [x.yml]\n", "")
         + "    rollout: {strategy: bluegreen}\n"
     )
-    steps = steps_of(load_config(config).sites["odoo"].rollout)
+    steps = steps_of(load(config).config.sites["odoo"].rollout)
     assert [s.weight for s in steps] == [100]
 
 

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from watchdog.client import read_token
 from watchdog.config import NotifyTarget
 from watchdog.lab.procs import free_port
 from watchdog.notify import QUEUE_SIZE, Notifier, Target, resolve
+from watchdog.secrets import SecretError
 
 
 @dataclass
@@ -143,6 +145,26 @@ def test_url_file_secrets_are_read_and_a_missing_one_is_named(tmp_path: Path) ->
     assert targets == [Target("slack", "http://127.0.0.1:9000/secret", 5.0)]
     with pytest.raises(ValueError, match=r"url_file .*missing: No such file"):
         resolve([NotifyTarget(kind="slack", url_file=tmp_path / "missing")], tmp_path)
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.write_text("  \n"), "{path} is empty"),
+    (lambda p: p.mkdir(), "{path}: Is a directory"),
+    (lambda p: None, "{path}: No such file or directory"),
+])
+def test_secret_files_name_the_key_and_the_path_when_they_cannot_be_used(
+    tmp_path: Path, make: Any, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reader for notify's url_file and the API's token_file (watchdog.secrets)."""
+    monkeypatch.delenv("ODOO_WATCHDOG_TOKEN", raising=False)  # it would win over the file
+    path = tmp_path / "secret"
+    make(path)
+    with pytest.raises(SecretError) as caught:
+        resolve([NotifyTarget(kind="webhook", url_file=Path("secret"))], tmp_path)
+    assert str(caught.value) == "notify webhook: url_file " + says.format(path=path)
+    with pytest.raises(SecretError) as caught:
+        read_token(Path("secret"), tmp_path)
+    assert str(caught.value) == "api.token_file " + says.format(path=path)
 
 
 @pytest.mark.lab

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from watchdog.config import SiteConfig
-from watchdog.lab.haproxy import HaproxyLab
+from watchdog.lab.haproxy import HaproxyLab, colour_servers
 from watchdog.lab.load import LoadClient
 from watchdog.routers import RouterError, WeightsError, create
 from watchdog.routers.haproxy import HaproxyRouter
@@ -45,6 +45,7 @@ async def router(haproxy: HaproxyLab) -> AsyncIterator[HaproxyRouter]:
 async def test_split_moves_step_by_step_without_dropping_a_request(
     router: HaproxyRouter, haproxy: HaproxyLab
 ) -> None:
+    assert len(STEPS) >= 3 and (0, 100) in STEPS  # a canary split and a full switch
     async with LoadClient(haproxy.url, concurrency=8) as load:
         await load.wait_count(200)
         first = load.mark()
@@ -126,8 +127,13 @@ async def test_tcp_stats_socket_works_like_the_unix_one(
     await tcp.check()
 
 
-async def test_check_passes_on_an_admin_socket(router: HaproxyRouter) -> None:
-    await router.check()
+async def test_check_passes_on_an_admin_socket_and_changes_nothing(
+    router: HaproxyRouter, haproxy: HaproxyLab
+) -> None:
+    before = colour_servers(haproxy.admin_socket)
+    await router.check()  # raises RouterError on any problem
+    assert colour_servers(haproxy.admin_socket) == before
+    assert await router.get_weights() == {"blue": 100, "green": 0}
 
 
 # ------------------------------------------------------------------ bad input

@@ -118,6 +118,7 @@ def assert_split(window: Window, blue: int, green: int) -> None:
 async def test_traffic_follows_every_step_with_no_failed_request(
     router: NginxRouter, lab: NginxLab
 ) -> None:
+    assert len(STEPS) >= 3 and (0, 100) in STEPS  # a canary split and a full switch
     observed: list[str] = []
     async with LoadClient(lab.url, concurrency=8, max_seconds=60) as load:
         await load.wait_count(50, timeout=10)

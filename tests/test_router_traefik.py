@@ -161,6 +161,7 @@ async def test_each_split_round_trips_through_a_valid_file(
 async def test_successive_splits_round_trip_in_one_file(
     router: TraefikRouter, dynamic_file: Path
 ) -> None:
+    assert len(SPLITS) >= 3 and (0, 100) in SPLITS  # a canary split and a full switch
     for blue, green in SPLITS:
         await router.set_weights({"blue": blue, "green": green})
         assert await router.get_weights() == {"blue": blue, "green": green}

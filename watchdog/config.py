@@ -65,7 +65,6 @@ __all__ = [
     "check_template",
     "is_loopback",
     "load",
-    "load_config",
     "load_rule_file",
     "render",
 ]
@@ -267,11 +266,6 @@ class LoadedConfig:
 
     def rules_for(self, site: str) -> list[AnyRule]:
         return [r for r in self.rules if r.applies_to(site)]
-
-
-def load_config(path: Path) -> DaemonConfig:
-    config: DaemonConfig = validate(DaemonConfig, read(path))
-    return config
 
 
 def load(config_path: Path) -> LoadedConfig:

@@ -12,7 +12,7 @@ from watchdog.routers.base import (
 )
 from watchdog.routers.haproxy import HaproxyRouterConfig
 from watchdog.routers.nginx import NginxRouterConfig
-from watchdog.routers.registry import RouterConfig, create, kinds
+from watchdog.routers.registry import RouterConfig, create
 from watchdog.routers.traefik import TraefikRouterConfig
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "create",
     "format_weights",
     "haproxy",
-    "kinds",
     "nginx",
     "parse_weights",
     "traefik",

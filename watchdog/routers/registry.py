@@ -6,7 +6,7 @@ Adding a kind is a module beside `haproxy.py` (its `XRouterConfig` model with `k
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, get_args
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
@@ -18,15 +18,10 @@ from watchdog.routers.traefik import TraefikRouterConfig
 if TYPE_CHECKING:
     from watchdog.config import SiteConfig
 
-__all__ = ["AnyRouterConfig", "RouterConfig", "create", "kinds"]
+__all__ = ["AnyRouterConfig", "RouterConfig", "create"]
 
 AnyRouterConfig = HaproxyRouterConfig | NginxRouterConfig | TraefikRouterConfig
 RouterConfig = Annotated[AnyRouterConfig, Field(discriminator="kind")]
-
-
-def kinds() -> tuple[str, ...]:
-    return tuple(sorted(get_args(model.model_fields["kind"].annotation)[0]
-                        for model in get_args(AnyRouterConfig)))
 
 
 def create(site_name: str, site: SiteConfig) -> Router:
