@@ -101,3 +101,67 @@ def haproxy(
     lab.start()
     yield lab
     lab.stop()
+
+
+# ---------------------------------------------------------------- the daemon in this process
+# For a test module that defines a module-scoped `lab` (a LabStack started with daemon=False):
+# the Daemon on the lab's config in the module's event loop, the API in front of it, and a
+# connection of the test's own to HAProxy's runtime API. The watchdog modules are imported
+# when a fixture is used, so that a conftest import never depends on the daemon's code.
+
+from typing import TYPE_CHECKING  # noqa: E402  (an appended block: its imports are here)
+
+import pytest_asyncio  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from aiohttp.test_utils import TestClient
+
+    from watchdog.daemon import Daemon
+    from watchdog.lab.stack import LabStack
+    from watchdog.routers import Router
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def daemon(lab: LabStack) -> AsyncIterator[Daemon]:
+    """The daemon on the module's lab config, started in the module's event loop."""
+    from watchdog.config import load
+    from watchdog.daemon import Daemon
+
+    d = Daemon(load(lab.config_path))
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(daemon: Daemon, lab: LabStack) -> AsyncIterator[TestClient[Any, Any]]:
+    """An HTTP client of the daemon's API (with the lab's token configured) on loopback."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from watchdog.api import create_app
+
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(daemon, lab.token),
+                                                         host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def router(lab: LabStack) -> AsyncIterator[Router]:
+    """Our own connection to HAProxy's runtime API, to see what it really does."""
+    from watchdog import routers
+    from watchdog.config import load
+
+    r = routers.create("odoo", load(lab.config_path).config.sites["odoo"])
+    try:
+        yield r
+    finally:
+        await r.close()

@@ -55,29 +55,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabStack]:
         stack.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def daemon(lab: LabStack) -> AsyncIterator[Daemon]:
-    d = Daemon(load(lab.config_path))
-    await d.start()
-    yield d
-    await d.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def api(daemon: Daemon, lab: LabStack) -> AsyncIterator[TestClient[Any, Any]]:
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(daemon, lab.token),
-                                                         host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def router(lab: LabStack) -> AsyncIterator[routers.Router]:
-    """Our own connection to HAProxy's runtime API, to see what it really does."""
-    r = routers.create("odoo", load(lab.config_path).config.sites["odoo"])
-    yield r
-    await r.close()
+# `daemon`, `api` and `router` (on this module's `lab`) are tests/conftest.py's.
 
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="module")
@@ -647,35 +625,46 @@ async def test_posts_without_the_right_token_are_401_and_change_nothing_mid_roll
 
 # ---------------------------------------------------------------- 400
 
+# The messages name the field as `odoo-watchdog check` names a config key (yamlsrc's wording).
 BAD_INPUT: list[tuple[str, bytes, str]] = [
-    ("rollouts", b'{"to": "green"', "body is not valid JSON"),
-    ("rollouts", b'["to", "green"]', "body must be a JSON object"),
-    ("rollouts", b'"green"', "body must be a JSON object"),
-    ("rollouts", b"null", "body must be a JSON object"),
-    ("rollouts", b"NaN", "body must be a JSON object"),
-    ("rollouts", b"\xff\xfe\xfa", "body is not valid JSON"),
-    ("rollouts", b'{"to": "green", "colour": "x"}', "unknown field 'colour'"),
-    ("rollouts", b"{}", "missing field 'to'"),
-    ("rollouts", b"", "missing field 'to'"),
-    ("rollouts", b'{"version": "17.0"}', "missing field 'to'"),
-    ("rollouts", b'{"to": "red"}', "field 'to' must be blue or green, got 'red'"),
-    ("rollouts", b'{"to": 5}', "field 'to' must be a string"),
-    ("rollouts", b'{"to": null}', "field 'to' must be a string"),
-    ("rollouts", b'{"to": true}', "field 'to' must be a string"),
-    ("rollouts", b'{"to": "green", "version": 17}', "field 'version' must be a string"),
+    ("rollouts", b'{"to": "green"', "body is not valid JSON: "),
+    ("rollouts", b'["to", "green"]', "body: expected a mapping, got a list"),
+    ("rollouts", b'"green"', "body: expected a mapping, got 'green'"),
+    ("rollouts", b"null", "body: expected a mapping, got nothing"),
+    ("rollouts", b"NaN", "body: expected a mapping, got nan"),
+    ("rollouts", b"\xff\xfe\xfa", "body is not valid JSON: "),
+    ("rollouts", b'{"to": "green", "colour": "x"}', "colour: unknown key"),
+    ("rollouts", b"{}", "to: missing required key"),
+    ("rollouts", b"", "to: missing required key"),
+    ("rollouts", b'{"version": "17.0"}', "to: missing required key"),
+    ("rollouts", b'{"to": "red"}', "to: input should be 'blue' or 'green' (got 'red')"),
+    ("rollouts", b'{"to": 5}', "to: input should be 'blue' or 'green' (got 5)"),
+    ("rollouts", b'{"to": null}', "to: input should be 'blue' or 'green' (got nothing)"),
+    ("rollouts", b'{"to": true}', "to: input should be 'blue' or 'green' (got True)"),
+    ("rollouts", b'{"to": "green", "version": 17}',
+     "version: input should be a valid string (got 17)"),
+    ("rollouts", b'{"to": "green", "version": "17.0\\ud800"}',
+     "version: not valid Unicode (a lone surrogate)"),
     ("rollouts", b'{"to": "green", "strategy": "rolling"}',
-     "field 'strategy' must be canary or bluegreen, got 'rolling'"),
-    ("promote", b'{"full": "yes"}', "field 'full' must be true or false"),
-    ("promote", b'{"full": 1}', "field 'full' must be true or false"),
-    ("promote", b'{"fast": true}', "unknown field 'fast'"),
-    ("promote", b"{not json}", "body is not valid JSON"),
-    ("abort", b'{"reason": 5}', "field 'reason' must be a string"),
-    ("abort", b'{"why": "x"}', "unknown field 'why'"),
-    ("abort", b"[]", "body must be a JSON object"),
-    ("switch", b"{}", "missing field 'to'"),
-    ("switch", b'{"to": "red"}', "field 'to' must be blue or green, got 'red'"),
-    ("switch", b'{"to": ["green"]}', "field 'to' must be a string"),
-    ("switch", b'{"to": "green", "force": true}', "unknown field 'force'"),
+     "strategy: input should be 'canary' or 'bluegreen' (got 'rolling')"),
+    ("rollouts", b'{"to": "green", "strategy": null}',
+     "strategy: input should be 'canary' or 'bluegreen' (got nothing)"),
+    ("rollouts", b'{"to": "red", "version": 17, "x\\n": 1}',
+     "to: input should be 'blue' or 'green' (got 'red'); "
+     "version: input should be a valid string (got 17); x\\n: unknown key"),
+    ("promote", b'{"full": "yes"}', "full: input should be a valid boolean (got 'yes')"),
+    ("promote", b'{"full": 1}', "full: input should be a valid boolean (got 1)"),
+    ("promote", b'{"fast": true}', "fast: unknown key"),
+    ("promote", b"{not json}", "body is not valid JSON: "),
+    ("abort", b'{"reason": 5}', "reason: input should be a valid string (got 5)"),
+    ("abort", b'{"reason": "\\udfff"}', "reason: not valid Unicode (a lone surrogate)"),
+    ("abort", b'{"why": "x"}', "why: unknown key"),
+    ("abort", b'{"\\ud800": "x"}', "body: a key is not valid Unicode (a lone surrogate)"),
+    ("abort", b"[]", "body: expected a mapping, got a list"),
+    ("switch", b"{}", "to: missing required key"),
+    ("switch", b'{"to": "red"}', "to: input should be 'blue' or 'green' (got 'red')"),
+    ("switch", b'{"to": ["green"]}', "to: input should be 'blue' or 'green' (got a list)"),
+    ("switch", b'{"to": "green", "force": true}', "force: unknown key"),
 ]
 
 
@@ -686,7 +675,12 @@ async def test_bad_input_is_400_naming_the_problem_and_changes_nothing(
     for action, data, message in BAD_INPUT:
         resp = await post(api, lab, action, data=data)
         assert resp.status == 400, (action, data, resp.status, await resp.text())
-        assert message in await error_body(resp, 400), (action, data)
+        error = await error_body(resp, 400)
+        assert await resp.json() == {"error": error}  # one format: nothing else, no traceback
+        if message.endswith(": "):  # the JSON decoder's own words follow
+            assert error.startswith(message), (action, data, error)
+        else:
+            assert error == message, (action, data)
     after = await get_site(api)
     assert after["rollout"] == before["rollout"] and after["weights"] == BLUE
     assert [e["id"] for e in after["events"]] == [e["id"] for e in before["events"]]

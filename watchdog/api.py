@@ -1,6 +1,8 @@
 """The JSON API, `/metrics` and `/healthz` (DESIGN.md section 7), on aiohttp.
 
-Bad input never gets a 500: bad JSON or a wrong field is 400 naming the field, an unknown
+Bad input never gets a 500: bad JSON or a wrong field is 400 naming the field (the bodies are
+the strict models of watchdog/payloads.py, their errors worded as `odoo-watchdog check` words
+a config's: `{"error": "to: input should be 'blue' or 'green' (got 'red')"}`), an unknown
 site 404, a command the phase does not allow 409 with the phase. Every POST needs the bearer
 token when one is configured, compared in constant time; without it, 401 and nothing changes.
 """
@@ -11,15 +13,15 @@ import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
-from watchdog import rollout
+from watchdog import payloads, rollout
 from watchdog.alerts import PayloadError
-from watchdog.config import COLORS
 from watchdog.daemon import Daemon, UnknownSite
 
 log = structlog.get_logger("odoo_watchdog.api")
@@ -71,37 +73,29 @@ async def read_body(request: web.Request) -> bytes:
         raise BadRequest(f"cannot read the body: {type(exc).__name__}") from None
 
 
-async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]],
-               required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The JSON object of a POST, checked field by field."""
+_EMPTY = object()
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: web.Request, empty: Any = _EMPTY) -> Any:
+    """The decoded JSON body; `empty` stands for a body of nothing but whitespace if given."""
     raw = await read_body(request)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise BadRequest("body is not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    for key in data:
-        if key not in fields:
-            raise BadRequest(f"unknown field {key!r} (allowed: {', '.join(fields) or 'none'})")
-    for key in required:
-        if key not in data:
-            raise BadRequest(f"missing field {key!r}")
-    for key, kind in fields.items():
-        if key in data and (not isinstance(data[key], kind) or (
-                isinstance(data[key], bool) and kind is not bool)):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise BadRequest(f"field {key!r} must be {_kind_name(names)}")
-    return data
+    if empty is not _EMPTY and not raw.strip():
+        return empty
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
-def _kind_name(name: str) -> str:
-    return {"str": "a string", "bool": "true or false"}.get(name, name)
+async def command_body(request: web.Request, model: type[M]) -> M:
+    """A command's body (an empty one is `{}`) as `model`; 400 naming the field if it is not."""
+    try:
+        return payloads.validate(model, await read_json(request, empty={}))
+    except payloads.Invalid as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def actor(request: web.Request) -> str:
@@ -109,13 +103,6 @@ def actor(request: web.Request) -> str:
     given = request.headers.get("X-Actor", "")
     clean = "".join(ch for ch in given if " " <= ch <= "~").strip()
     return clean[:64] if clean else "api"
-
-
-def color_field(data: dict[str, Any], key: str = "to") -> str:
-    value = data[key]
-    if value not in COLORS:
-        raise BadRequest(f"field {key!r} must be blue or green, got {value!r}")
-    return str(value)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -139,11 +126,7 @@ async def list_sites(request: web.Request) -> web.Response:
 async def alertmanager(request: web.Request) -> web.Response:
     """Alertmanager's webhook. 4xx for anything wrong: Alertmanager retries only 5xx, so a
     bad payload is refused once instead of looping."""
-    raw = await read_body(request)
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("body is not valid JSON") from None
+    payload = await read_json(request)
     try:
         receipt = await request.app[DAEMON].receive_alerts(payload)
     except PayloadError as exc:
@@ -168,31 +151,27 @@ async def _command(request: web.Request, cmd: rollout.Command, status: int = 200
 
 
 async def start_rollout(request: web.Request) -> web.Response:
-    data = await body(request, {"to": str, "version": str, "strategy": str}, required=("to",))
-    strategy = data.get("strategy")
-    if strategy is not None and strategy not in ("canary", "bluegreen"):
-        raise BadRequest(f"field 'strategy' must be canary or bluegreen, got {strategy!r}")
+    data = await command_body(request, payloads.StartBody)
     request.app[DAEMON].require_site(request.match_info["site"])  # 404 before anything else
-    cmd = rollout.Start(color_field(data), data.get("version", ""), strategy, actor(request),
+    cmd = rollout.Start(data.to, data.version, data.chosen_strategy, actor(request),
                         id=uuid.uuid4().hex[:12])
     return await _command(request, cmd, status=201)
 
 
 async def promote(request: web.Request) -> web.Response:
-    data = await body(request, {"full": bool})
-    return await _command(request, rollout.Promote(bool(data.get("full", False)),
-                                                   actor(request)))
+    data = await command_body(request, payloads.PromoteBody)
+    return await _command(request, rollout.Promote(data.full, actor(request)))
 
 
 async def abort(request: web.Request) -> web.Response:
-    data = await body(request, {"reason": str})
-    return await _command(request, rollout.Abort(data.get("reason", ""), actor(request)))
+    data = await command_body(request, payloads.AbortBody)
+    return await _command(request, rollout.Abort(data.reason, actor(request)))
 
 
 async def switch(request: web.Request) -> web.Response:
-    data = await body(request, {"to": str}, required=("to",))
+    data = await command_body(request, payloads.SwitchBody)
     request.app[DAEMON].require_site(request.match_info["site"])
-    return await _command(request, rollout.Switch(color_field(data), actor(request)))
+    return await _command(request, rollout.Switch(data.to, actor(request)))
 
 
 def create_app(daemon: Daemon, token: str | None) -> web.Application:
