@@ -83,6 +83,13 @@ class Receipt:
     def sites(self) -> set[str]:
         return {a.site for a in self.firing + self.resolved}
 
+    def counts(self) -> dict[str, int]:
+        """Alerts by what became of them: the `status` label of alerts_received_total."""
+        out = {"firing": len(self.firing), "resolved": len(self.resolved),
+               "duplicate": self.duplicates, "unknown_site": self.unknown_site,
+               "unmatched": self.unmatched}
+        return {k: v for k, v in out.items() if v}
+
     def as_dict(self) -> dict[str, Any]:
         return {"firing": len(self.firing), "resolved": len(self.resolved),
                 "duplicates": self.duplicates, "unknown_site": self.unknown_site,

@@ -233,7 +233,7 @@ async def _serve(loaded: LoadedConfig, token: str | None) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    daemon.on_reload = lambda done: (notify.ready(_status(daemon)) if done
+    daemon.reloader.on_reload = lambda done: (notify.ready(_status(daemon)) if done
                                      else notify.reloading())
     await daemon.start()
     runner = web.AppRunner(create_app(daemon, token), access_log=None)

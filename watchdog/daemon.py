@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog import notify, preflight, reload, rollout, routers, site, views
 from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
-from watchdog.config import ConfigError, LoadedConfig, load
+from watchdog.config import LoadedConfig
 from watchdog.metrics import Metrics
 from watchdog.rollout import ApplyWeights, Decision, Event, Notify, Phase, RunPreflight, Tick
 from watchdog.rulemanager import RuleManager, restart_needed
@@ -43,7 +43,6 @@ class StartError(RuntimeError):
 
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
-        self.loaded = loaded
         self.clock = clock
         self.metrics = Metrics()
         state_dir = loaded.config.state_dir
@@ -59,12 +58,8 @@ class Daemon:
         self.scheduler: AsyncIOScheduler | None = None
         self.started = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.reload_error: list[str] | None = None
-        self.reload_warnings: list[str] = []
-        self._signature = self._files_signature()
-        self._reload_lock = asyncio.Lock()
-        self.on_reload: Callable[[bool], None] | None = None  # sd_notify hook, set by `run`
-        self._reloaded()
+        self.reloader = reload.Reloader(loaded, self.metrics, self._apply_config,
+                                        self._reload_failed, clock)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -104,7 +99,7 @@ class Daemon:
             )
         self.scheduler.start()
         self.notifier.start()
-        self._spawn(self._watch_files())
+        self._spawn(self.reloader.watch())
         self.started.set()
 
     async def stop(self) -> None:
@@ -196,14 +191,10 @@ class Daemon:
         receipt = self.alerts.receive(payload, set(self.sites),
                                       self.loaded.config.alertmanager.match)
         for alert in receipt.firing + receipt.resolved:
-            self.metrics.alerts_received_total.labels(alert.status).inc()
             log.info("alert", site=alert.site, alert=alert.name, color=alert.color,
                      status=alert.status, summary=alert.summary)
-        for status, count in (("duplicate", receipt.duplicates),
-                              ("unknown_site", receipt.unknown_site),
-                              ("unmatched", receipt.unmatched)):
-            if count:
-                self.metrics.alerts_received_total.labels(status).inc(count)
+        for status, count in receipt.counts().items():
+            self.metrics.alerts_received_total.labels(status).inc(count)
         for name in sorted(receipt.sites):
             await asyncio.to_thread(self.store.save_memory, name,
                                     alerts=self.alerts.memory(name))
@@ -245,49 +236,18 @@ class Daemon:
 
     # ---------------------------------------------------------------- reload
 
-    def _files_signature(self) -> reload.Signature:
-        paths = [self.loaded.path, *reload.rule_paths(self.loaded.path,
-                                                      self.loaded.config.rule_files)]
-        return reload.signature(paths)
-
-    async def _watch_files(self, every: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                if await asyncio.to_thread(self._files_signature) != self._signature:
-                    await self.reload("file changed")
-            except Exception:
-                log.exception("reload_watch_failed")
+    @property
+    def loaded(self) -> LoadedConfig:
+        return self.reloader.loaded
 
     async def reload(self, reason: str = "SIGHUP") -> bool:
-        """Re-read the config and rule files; swap between ticks, or keep the last good set.
+        """Re-read the config and rule files; swap between ticks, or keep the last good set."""
+        return await self.reloader.reload(reason)
 
-        Rules, thresholds and rollout settings change at once (a running rollout keeps its
-        snapshot of steps; a rule that is gone stops counting). What `restart_needed` names
-        is reported, not applied.
-        """
-        async with self._reload_lock:
-            if self.on_reload:
-                self.on_reload(False)
-            try:
-                return await self._reload(reason)
-            finally:
-                if self.on_reload:
-                    self.on_reload(True)
-
-    async def _reload(self, reason: str) -> bool:
-        self._signature = await asyncio.to_thread(self._files_signature)
-        try:
-            new = await asyncio.to_thread(load, self.loaded.path)
-        except ConfigError as exc:
-            self.reload_error = [str(p) for p in exc.problems]
-            self.metrics.config_last_reload_successful.set(0)
-            log.error("reload_failed", reason=reason, problems=self.reload_error)
-            for name in self.sites:
-                self.notifier.post(name, "reload_failed", "config reload failed, the last good "
-                                   "rules stay in force: " + "; ".join(self.reload_error[:3]))
-            return False
-        warnings = restart_needed(self.loaded.config, new.config)
+    async def _apply_config(self, new: LoadedConfig) -> list[str]:
+        """Rules, thresholds and rollout settings change at once (a running rollout keeps its
+        snapshot of steps; a rule that is gone stops counting); what `restart_needed` names
+        is reported, not applied."""
         for runtime in self.sites.values():  # between ticks: each site's lock in turn
             async with runtime.lock:
                 config = new.config.sites.get(runtime.name)
@@ -298,17 +258,12 @@ class Daemon:
                                                       seconds=config.rollout.interval)
                     runtime.config = config
         self.rules.update(new, self.sites)  # no await inside: atomic for the ticks
-        self.loaded = new
-        self.reload_error = None
-        self.reload_warnings = warnings + new.warnings
-        self._reloaded()
-        log.info("reloaded", reason=reason, rules=len(new.rules), warnings=warnings)
-        return True
+        return restart_needed(self.loaded.config, new.config)
 
-    def _reloaded(self) -> None:
-        self.last_reload_at = self.clock()
-        self.metrics.config_last_reload_successful.set(1)
-        self.metrics.config_last_reload_success_timestamp_seconds.set(self.last_reload_at)
+    def _reload_failed(self, problems: list[str]) -> None:
+        for name in self.sites:
+            self.notifier.post(name, "reload_failed", "config reload failed, the last good "
+                               "rules stay in force: " + "; ".join(problems[:3]))
 
     # ---------------------------------------------------------------- views
 
@@ -334,6 +289,4 @@ class Daemon:
         return [await self.site_view(name) for name in self.sites]
 
     def config_view(self) -> dict[str, Any]:
-        return {"path": str(self.loaded.path), "last_reload_successful": not self.reload_error,
-                "last_reload_at": self.last_reload_at, "errors": self.reload_error or [],
-                "warnings": self.reload_warnings, "rules": len(self.loaded.rules)}
+        return self.reloader.view()
