@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from watchdog import payloads
@@ -55,18 +54,10 @@ class Alert:
 
 
 def rfc3339(text: str) -> float | None:
-    """Seconds since the epoch of Alertmanager's RFC 3339 time (nanoseconds allowed); None for
-    Go's zero time (`0001-01-01T00:00:00Z`, "no end") or anything unreadable."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, dot, rest = text.partition(".")
-    if dot:  # Python takes at most six digits of a fraction; Go writes up to nine
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    """Seconds since the epoch of Alertmanager's RFC 3339 time; None for Go's zero time
+    (`0001-01-01T00:00:00Z`, "no end") or anything that is not such a time."""
+    when = None if text.startswith("0001-") else payloads.parse_time(text)
+    return when.timestamp() if when is not None else None
 
 
 @dataclass
