@@ -1,5 +1,5 @@
 #!/bin/bash
-# Docker for the log-source tests (DESIGN.md section 11), as root on Debian 12:
+# Docker for the log-source tests (the lab, docs/architecture.md), as root on Debian 12:
 #   - docker.io and busybox-static, installed only when missing;
 #   - a dockerd, started in the background only when none answers on /var/run/docker.sock,
 #     with no bridge, no iptables and no masquerading (containers run with --network none);

@@ -100,7 +100,7 @@ async def test_router_names_an_unknown_site(config: Path) -> None:
 @pytest.fixture
 async def daemon_in_rollout() -> AsyncIterator[str]:
     """An HTTP endpoint answering GET /api/v1/sites/odoo as the daemon does mid-rollout
-    (DESIGN.md section 7). It stands in for the daemon until the rollout engine lands."""
+    (docs/api.md). It stands in for the daemon until the rollout engine lands."""
     async def site(request: web.Request) -> web.Response:
         if request.match_info["site"] != "odoo":
             return web.json_response({"error": "no such site"}, status=404)

@@ -1,6 +1,6 @@
 """The Grafana dashboard, the compose stack and the configs it mounts are valid for the real
 programs that read them (Prometheus 2.42, promtool, amtool, `odoo-watchdog check`), and they
-use only the metric names and labels of DESIGN.md section 9."""
+use only the metric names and labels of docs/metrics.md."""
 
 from __future__ import annotations
 

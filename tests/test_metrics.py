@@ -1,4 +1,4 @@
-"""The daemon's own metrics (DESIGN.md section 9: the names are a contract), read from the real
+"""The daemon's own metrics (docs/metrics.md: the names are a contract), read from the real
 daemon process's `/metrics` through a whole story, then from a real Prometheus scraping it.
 
 The story (run once per module, snapshots kept): start (idle) -> a canary to green, paused at

@@ -1,4 +1,4 @@
-"""Reload of the rule files, with the daemon as a real process (DESIGN.md sections 1 and 5).
+"""Reload of the rule files, with the daemon as a real process (docs/rules.md, "Reloading").
 
 An edit is noticed by the 1 s file poll (or SIGHUP) and applies between ticks; a broken edit
 keeps the last good rules, sets odoo_watchdog_config_last_reload_successful to 0 and names

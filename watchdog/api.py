@@ -1,4 +1,4 @@
-"""The JSON API, `/metrics` and `/healthz` (DESIGN.md section 7), on aiohttp.
+"""The JSON API, `/metrics` and `/healthz` (docs/api.md), on aiohttp.
 
 Bad input never gets a 500: bad JSON or a wrong field is 400 naming the field (the bodies are
 the strict models of watchdog/payloads.py, their errors worded as `odoo-watchdog check` words

@@ -1,4 +1,4 @@
-"""The `odoo-watchdog` command (DESIGN.md section 10)."""
+"""The `odoo-watchdog` command (docs/cli.md)."""
 
 from __future__ import annotations
 

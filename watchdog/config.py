@@ -1,4 +1,4 @@
-"""The daemon config (DESIGN.md section 4): a strict schema, every error with `file:line`.
+"""The daemon config (docs/configuration.md): a strict schema, every error with `file:line`.
 
 Unknown keys are errors (a typo such as `mx: 0.01` must not silently disable a threshold);
 durations need a unit; template variables are checked when the file is loaded, not when the

@@ -2,7 +2,7 @@
 
 Preflight: the live colour must answer its health check (a rollout from a sick live colour
 would be judged against a broken baseline), then the candidate runs the site's `smoke` checks
-(DESIGN.md section 6; docs/rollouts.md). The result goes into the next tick as input: the
+(docs/rollouts.md). The result goes into the next tick as input: the
 state machine never does I/O.
 """
 

@@ -5,7 +5,7 @@ it ticks (rule states for the target colour, the split the router reports, smoke
 and operator commands, stores the new state *before* carrying out the actions, and so can be
 killed at any moment and resume from the store.
 
-Phases (DESIGN.md section 6): idle -> preflight -> progressing <-> paused -> baking -> promoted;
+Phases (docs/rollouts.md): idle -> preflight -> progressing <-> paused -> baking -> promoted;
 any active phase -> rolling_back -> rolled_back; or aborted by an operator. A rollout advances
 only when its step's hold is over and no rule is pending, firing or holding.
 """

@@ -1,4 +1,4 @@
-"""Rule files (DESIGN.md section 5): the rule models, one per `source:`, and reading them.
+"""Rule files (docs/rules.md): the rule models, one per `source:`, and reading them.
 
 Like Prometheus' rule files: `name`, a query or pattern, `for`, `labels`, `annotations`.
 A rule's thresholds and templates are checked when its file is loaded, not when the first
