@@ -1,22 +1,32 @@
-"""The access-log receiver without a proxy: syslog framing, both parsers, mapping, export.
+"""The access-log receiver without a proxy: framing, both parsers, mapping, the export.
 
 The samples are real: HAProxy 2.6 and nginx 1.22 from the lab sent them over UDP (HAProxy in
 each of its syslog formats, nginx with and without `nohostname`, in the project's
 `log_format odoo_watchdog` from deploy/nginx/access-log.conf).
+
+One module over 400 lines, on purpose: framing, parsing, mapping and export are tested with
+the same real samples, and a datagram goes through all four in every receiver test.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from structlog.testing import capture_logs
 
+from tests.accesslog_helpers import (
+    family_samples,
+    kernel_drops_counted,
+    lines_counted,
+    send,
+    settle,
+)
 from watchdog import accesslog
 from watchdog.accesslog import (
     AccessLine,
@@ -26,9 +36,10 @@ from watchdog.accesslog import (
     routes_from_config,
     syslog_message,
 )
+from watchdog.accesslog_metrics import AccessLogCollector
 from watchdog.config import DaemonConfig
 from watchdog.lab.procs import free_udp_port
-from watchdog.metrics import Metrics
+from watchdog.metrics import HTTP_BUCKETS, Metrics
 
 # ---------------------------------------------------------------- real samples
 
@@ -115,81 +126,59 @@ def test_framing_never_raises_on_garbage(garbage: bytes) -> None:
 
 # ---------------------------------------------------------------- parsers
 
-
-def test_haproxy_line() -> None:
-    assert parse_haproxy(HAPROXY_MSG) == AccessLine(b"odoo/odoo-green", b"200", 0.051)
-
-
-def test_haproxy_timeout_uses_ta_when_tr_is_minus_one() -> None:
-    line = parse_haproxy(syslog_message(HAPROXY_TIMEOUT))
-    assert line == AccessLine(b"odoo/odoo-blue", b"504", 0.402)
-
-
-def test_haproxy_client_abort() -> None:
-    line = parse_haproxy(syslog_message(HAPROXY_CLIENT_ABORT))
-    assert line == AccessLine(b"odoo/odoo-blue", b"400", 0.05)
-
-
-def test_haproxy_minus_one_status_and_ta() -> None:
-    msg = (b'127.0.0.9:34552 [15/Oct/2026:15:26:31.462] fe be/srv -1/-1/-1/-1/-1 -1 0 - - CD-- '
-           b'2/2/2/0/0 0/0 ""')
-    assert parse_haproxy(msg) == AccessLine(b"be/srv", b"-1", None)
-
-
-def test_haproxy_logasap_plus_and_captures() -> None:
-    msg = (b'127.0.0.9:1 [15/Oct/2026:15:26:31.462] fe~ be/srv 10/0/7/147/+723 200 +243 - - ---- '
-           b'3/3/3/1/0 0/0 {1wt.eu} {} "GET /index.html HTTP/1.1"')
-    assert parse_haproxy(msg) == AccessLine(b"be/srv", b"200", 0.723)
-
-
-def test_haproxy_no_server() -> None:
-    assert parse_haproxy(syslog_message(HAPROXY_BADREQ)) == AccessLine(b"odoo/<NOSRV>", b"400",
-                                                                         0.0)
-
-
-@pytest.mark.parametrize("message", [
-    syslog_message(HAPROXY_SERVER_DOWN), b"Proxy odoo stopped (cumulated conns: FE: 3, BE: 0).",
-    NGINX_MSG, b"", b"garbage", HAPROXY_MSG[:60],
-    HAPROXY_MSG.replace(b" 200 ", b" 20 "),  # not a status
-])
-def test_haproxy_refuses_other_lines(message: bytes) -> None:
-    assert parse_haproxy(message) is None
-
-
-def test_nginx_line() -> None:
-    assert parse_nginx(NGINX_MSG) == AccessLine(b"127.0.0.1:45327", b"200", 0.055)
-
-
-def test_nginx_retry_counts_the_last_upstream() -> None:
-    line = parse_nginx(syslog_message(NGINX_RETRY))
-    assert line == AccessLine(b"127.0.0.1:51457", b"200", 0.004)
-
-
-def test_nginx_upstream_groups_count_the_last() -> None:
-    msg = NGINX_MSG.replace(b'"127.0.0.1:45327"', b'"127.0.0.1:1, 127.0.0.1:2 : 127.0.0.1:3"')
-    assert parse_nginx(msg) == AccessLine(b"127.0.0.1:3", b"200", 0.055)
-
-
-def test_nginx_escaped_quotes_and_cut_lines() -> None:
-    assert parse_nginx(syslog_message(NGINX_QUOTE)) == AccessLine(b"127.0.0.1:51457", b"404",
-                                                                    0.001)
+PARSED = [
+    (parse_haproxy, HAPROXY_MSG, AccessLine(b"odoo/odoo-green", b"200", 0.051)),
+    # `timeout server` expired: Ta is used when Tr is -1
+    (parse_haproxy, HAPROXY_TIMEOUT, AccessLine(b"odoo/odoo-blue", b"504", 0.402)),
+    (parse_haproxy, HAPROXY_CLIENT_ABORT, AccessLine(b"odoo/odoo-blue", b"400", 0.05)),
+    (parse_haproxy, b'127.0.0.9:34552 [15/Oct/2026:15:26:31.462] fe be/srv -1/-1/-1/-1/-1 -1 0 '
+                    b'- - CD-- 2/2/2/0/0 0/0 ""', AccessLine(b"be/srv", b"-1", None)),
+    # `option logasap` (+Ta, +bytes) and captured headers
+    (parse_haproxy, b'127.0.0.9:1 [15/Oct/2026:15:26:31.462] fe~ be/srv 10/0/7/147/+723 200 +243 '
+                    b'- - ---- 3/3/3/1/0 0/0 {1wt.eu} {} "GET /index.html HTTP/1.1"',
+     AccessLine(b"be/srv", b"200", 0.723)),
+    (parse_haproxy, HAPROXY_BADREQ, AccessLine(b"odoo/<NOSRV>", b"400", 0.0)),
+    (parse_nginx, NGINX_MSG, AccessLine(b"127.0.0.1:45327", b"200", 0.055)),
+    # a retry: the last upstream counts
+    (parse_nginx, NGINX_RETRY, AccessLine(b"127.0.0.1:51457", b"200", 0.004)),
+    (parse_nginx, NGINX_MSG.replace(b'"127.0.0.1:45327"',
+                                    b'"127.0.0.1:1, 127.0.0.1:2 : 127.0.0.1:3"'),
+     AccessLine(b"127.0.0.1:3", b"200", 0.055)),  # across upstream groups
+    (parse_nginx, NGINX_QUOTE, AccessLine(b"127.0.0.1:51457", b"404", 0.001)),
     # nginx cuts long syslog messages: what follows $upstream_addr may be missing
-    cut = NGINX_MSG[:NGINX_MSG.index(b'"200"')]
-    assert parse_nginx(cut) == AccessLine(b"127.0.0.1:45327", b"200", 0.055)
+    (parse_nginx, NGINX_MSG[:NGINX_MSG.index(b'"200"')],
+     AccessLine(b"127.0.0.1:45327", b"200", 0.055)),
+    (parse_nginx, NGINX_NO_UPSTREAM, AccessLine(b"-", b"499", 0.0)),
+    (parse_nginx, NGINX_MSG.replace(b" 0.055 ", b" 2 "), AccessLine(b"127.0.0.1:45327", b"200",
+                                                                      2.0)),  # whole seconds
+]
 
 
-def test_nginx_no_upstream() -> None:
-    assert parse_nginx(syslog_message(NGINX_NO_UPSTREAM)) == AccessLine(b"-", b"499", 0.0)
+@pytest.mark.parametrize(("parse", "line", "expected"), PARSED)
+def test_parsers(parse: Callable[[bytes], AccessLine | None], line: bytes,
+                 expected: AccessLine) -> None:
+    """Each parser takes the bare message and the whole datagram alike: one parser serves the
+    receiver's hot path (datagrams) and the callers of parse_haproxy / parse_nginx."""
+    assert parse(syslog_message(line)) == expected
+    assert parse(line) == expected
 
 
-@pytest.mark.parametrize("message", [
-    HAPROXY_MSG, b"", b"garbage", NGINX_MSG[:50],
-    NGINX_MSG.replace(b"0.055 ", b"- "),  # no request time
+@pytest.mark.parametrize(("parse", "line"), [
+    (parse_haproxy, syslog_message(HAPROXY_SERVER_DOWN)), (parse_haproxy, HAPROXY_SERVER_DOWN),
+    (parse_haproxy, b"Proxy odoo stopped (cumulated conns: FE: 3, BE: 0)."),
+    (parse_haproxy, NGINX_MSG), (parse_haproxy, b""), (parse_haproxy, b"garbage"),
+    (parse_haproxy, HAPROXY_MSG[:60]),
+    (parse_haproxy, HAPROXY_MSG.replace(b" 200 ", b" 20 ")),  # not a status
+    (parse_nginx, HAPROXY_MSG), (parse_nginx, b""), (parse_nginx, b"garbage"),
+    (parse_nginx, NGINX_MSG[:50]),
+    (parse_nginx, NGINX_MSG.replace(b"0.055 ", b"- ")),  # no request time
+    (parse_nginx, NGINX_MSG.replace(b"0.055 ", b"0. ")),
     # the combined format (the project's format is not combined)
-    b'127.0.0.1 - - [27/Nov/2026:10:25:20 +0000] "GET / HTTP/1.1" 200 18 "-" "curl"',
+    (parse_nginx, b'127.0.0.1 - - [27/Nov/2026:10:25:20 +0000] "GET / HTTP/1.1" 200 18 "-" "c"'),
 ])
-def test_nginx_refuses_other_lines(message: bytes) -> None:
-    assert parse_nginx(message) is None
+def test_parsers_refuse_other_lines(parse: Callable[[bytes], AccessLine | None],
+                                    line: bytes) -> None:
+    assert parse(line) is None
 
 
 # ---------------------------------------------------------------- config and mapping
@@ -224,26 +213,40 @@ def test_from_config_without_access_log_is_none() -> None:
     assert AccessLogReceiver.from_config(config, Metrics()) is None
 
 
+# ---------------------------------------------------------------- export
+
+
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    for receiver in RECEIVERS:
-        receiver.flush()
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-RECEIVERS: list[AccessLogReceiver] = []  # flushed before each read of a metric
-
-
-@pytest.fixture(autouse=True)
-def _forget_receivers() -> None:
-    RECEIVERS.clear()
 
 
 def haproxy_receiver(metrics: Metrics) -> AccessLogReceiver:
     receiver = AccessLogReceiver.from_config(daemon_config("haproxy"), metrics)
     assert receiver is not None
-    RECEIVERS.append(receiver)
     return receiver
+
+
+def test_every_family_is_declared_before_any_line() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    for name, kind in (("odoo_watchdog_http_requests_total", "counter"),
+                       ("odoo_watchdog_http_request_duration_seconds", "histogram"),
+                       ("odoo_watchdog_access_log_lines_total", "counter"),
+                       ("odoo_watchdog_access_log_kernel_drops_total", "counter")):
+        assert f"# HELP {name} " in text
+        assert f"# TYPE {name} {kind}\n" in text
+    assert "odoo_watchdog_http_requests_total{" not in text  # no samples yet
+    assert "odoo_watchdog_access_log_lines_total{" not in text  # no receiver yet
+
+
+def test_the_collector_names_clash_like_any_other() -> None:
+    """describe() gives the registry its names: a second one is refused, as a second Counter
+    of the same name would be."""
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        metrics.registry.register(AccessLogCollector(HTTP_BUCKETS))
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("odoo_watchdog_http_requests", "x", registry=metrics.registry)
 
 
 def test_haproxy_lines_become_metrics() -> None:
@@ -267,6 +270,7 @@ def test_haproxy_lines_become_metrics() -> None:
                   **blue) == 2
     assert (receiver.received, receiver.parsed, receiver.unparsed, receiver.unmapped) == \
         (4, 4, 0, 0)
+    assert lines_counted(metrics.registry) == {"received": 4, "unparsed": 0, "unmapped": 0}
 
 
 def test_haproxy_minus_one_status_is_499_and_minus_one_ta_observes_nothing() -> None:
@@ -274,10 +278,13 @@ def test_haproxy_minus_one_status_is_499_and_minus_one_ta_observes_nothing() -> 
     receiver = haproxy_receiver(metrics)
     receiver.handle(b'<134>Nov 27 10:21:24 haproxy[1]: 127.0.0.9:3 [15/Oct/2026:15:26:31.462] fe '
                     b'odoo/odoo-blue 0/0/0/-1/-1 -1 0 - - CD-- 2/2/2/0/0 0/0 ""\n')
+    receiver.handle(HAPROXY_TIMEOUT.replace(b" 504 ", b" 499 "))  # the same series as -1
     labels = {"site": "odoo", "color": "blue"}
-    assert sample(metrics, "odoo_watchdog_http_requests_total", code="499", **labels) == 1
-    assert sample(metrics, "odoo_watchdog_http_request_duration_seconds_count", **labels) == 0
-    assert receiver.parsed == 1
+    assert family_samples(metrics.registry, "odoo_watchdog_http_requests") == {
+        ("odoo_watchdog_http_requests_total", (("code", "499"), ("color", "blue"),
+                                               ("site", "odoo"))): 2}
+    assert sample(metrics, "odoo_watchdog_http_request_duration_seconds_count", **labels) == 1
+    assert receiver.parsed == 2
 
 
 def test_unknown_server_is_unmapped_and_sampled_once() -> None:
@@ -292,12 +299,13 @@ def test_unknown_server_is_unmapped_and_sampled_once() -> None:
     unmapped = [e for e in logs if e["event"] == "access_log_unmapped"]
     assert len(unmapped) == 1
     assert "odoo/odoo-purple" in unmapped[0]["sample"]
-    assert sample(metrics, "odoo_watchdog_http_requests_total", site="odoo", color="green",
-                  code="200") == 0
+    assert family_samples(metrics.registry, "odoo_watchdog_http_requests") == {}
+    assert lines_counted(metrics.registry) == {"received": 51, "unparsed": 0, "unmapped": 51}
 
 
 def test_unparsed_lines_are_counted_and_sampled_at_most_every_few_seconds() -> None:
-    receiver = haproxy_receiver(Metrics())
+    metrics = Metrics()
+    receiver = haproxy_receiver(metrics)
     clock = [1000.0]
     receiver.clock = lambda: clock[0]
     with capture_logs() as logs:
@@ -312,6 +320,7 @@ def test_unparsed_lines_are_counted_and_sampled_at_most_every_few_seconds() -> N
     assert len(samples[1]["sample"]) <= accesslog.SAMPLE_CHARS + 3
     assert receiver.unparsed == 102
     assert receiver.received == 102
+    assert lines_counted(metrics.registry) == {"received": 102, "unparsed": 102, "unmapped": 0}
 
 
 @settings(max_examples=300, deadline=None)
@@ -332,13 +341,15 @@ def test_any_request_line_still_parses(data: bytes) -> None:
     assert receiver.parsed == 1
 
 
-def test_a_failure_inside_export_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_inside_the_parser_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     receiver = haproxy_receiver(Metrics())
 
     def boom(data: bytes) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(receiver, "_match", boom)
+    monkeypatch.setattr(receiver, "_fields", boom)
     with capture_logs() as logs:
         receiver.handle(HAPROXY_3164)
     assert (receiver.received, receiver.unparsed) == (1, 1)
@@ -364,7 +375,6 @@ def test_the_nginx_receiver_takes_every_framing(datagram: bytes) -> None:
     metrics = Metrics()
     receiver = AccessLogReceiver("127.0.0.1:0", "nginx", {"127.0.0.1:45327": ("odoo", "blue")},
                                  metrics)
-    RECEIVERS.append(receiver)
     receiver.handle(datagram)
     assert receiver.parsed == 1
     assert sample(metrics, "odoo_watchdog_http_request_duration_seconds_sum", site="odoo",
@@ -377,18 +387,14 @@ async def test_nginx_over_udp_with_a_host_name_server() -> None:
     receiver = AccessLogReceiver.from_config(daemon_config("nginx"), metrics)
     assert receiver is not None
     async with receiver:
-        host, port = receiver.address
-        assert port > 0
+        assert receiver.address[1] > 0
         retry_to_green = NGINX_RETRY.replace(b"127.0.0.1:51457", b"127.0.0.1:9069")
         to_blue = NGINX_3164.replace(b"127.0.0.1:45327", b"127.0.0.1:8069")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for datagram in (retry_to_green, to_blue, to_blue, NGINX_NO_UPSTREAM, b"\xff" * 9):
-                sender.sendto(datagram, (host, port))
-            deadline = time.monotonic() + 5
-            while receiver.received < 5 and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await send(receiver, [retry_to_green, to_blue, to_blue, NGINX_NO_UPSTREAM, b"\xff" * 9])
         assert receiver.stats() == {"received": 5, "parsed": 3, "unparsed": 1, "unmapped": 1,
                                     "kernel_drops": 0}
+        assert lines_counted(metrics.registry) == {"received": 5, "unparsed": 1, "unmapped": 1}
+        assert kernel_drops_counted(metrics.registry) == 0
     assert receiver.kernel_drops() is None  # stopped
     assert sample(metrics, "odoo_watchdog_http_requests_total", site="odoo", color="green",
                   code="200") == 1
@@ -398,6 +404,63 @@ async def test_nginx_over_udp_with_a_host_name_server() -> None:
                   color="blue") == pytest.approx(0.11)
 
 
+async def test_a_line_is_on_the_registry_as_soon_as_it_is_received() -> None:
+    """No flush, no timer: the collector reads the receiver's counters at scrape time."""
+    metrics = Metrics()
+    receiver = AccessLogReceiver(f"127.0.0.1:{free_udp_port()}", "haproxy",
+                                 {"odoo/odoo-green": ("odoo", "green")}, metrics)
+    labels = {"site": "odoo", "color": "green", "code": "200"}
+    async with receiver:
+        for count in (1, 2, 3):
+            await send(receiver, [HAPROXY_3164])
+            assert sample(metrics, "odoo_watchdog_http_requests_total", **labels) == count
+    assert sample(metrics, "odoo_watchdog_http_requests_total", **labels) == 3  # stopped
+
+
+async def test_line_counts_and_kernel_drops_on_the_registry() -> None:
+    """Real datagrams into a tiny socket buffer while the loop is busy: the kernel drops most
+    of them, and the registry says so, with the receiver's counts of those that came in."""
+    metrics = Metrics()
+    receiver = AccessLogReceiver(f"127.0.0.1:{free_udp_port()}", "haproxy",
+                                 {"odoo/odoo-green": ("odoo", "green")}, metrics, rcvbuf=4096)
+    unknown = HAPROXY_3164.replace(b"odoo/odoo-green", b"odoo/odoo-purple")
+    sent = 300
+    async with receiver:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(sent):  # the loop does not run: nothing is read meanwhile
+                sender.sendto(HAPROXY_SERVER_DOWN if i % 3 == 0 else
+                              unknown if i % 3 == 1 else HAPROXY_3164, receiver.address)
+        await settle(receiver, quiet=0.3)
+        drops = receiver.kernel_drops()
+        assert drops is not None and drops > 0, receiver.stats()
+        assert receiver.received + drops == sent, receiver.stats()
+        assert receiver.unparsed > 0 and receiver.unmapped > 0 and receiver.parsed > 0
+        assert lines_counted(metrics.registry) == {
+            "received": receiver.received, "unparsed": receiver.unparsed,
+            "unmapped": receiver.unmapped}
+        assert kernel_drops_counted(metrics.registry) == drops
+        await send(receiver, [HAPROXY_3164])  # read at each scrape
+        assert lines_counted(metrics.registry)["received"] == sent - drops + 1
+    # stopped, and started again on a new socket: the counter does not go back
+    assert kernel_drops_counted(metrics.registry) == drops
+    async with receiver:
+        await send(receiver, [HAPROXY_3164])
+        assert kernel_drops_counted(metrics.registry) == drops
+    assert lines_counted(metrics.registry)["received"] == sent - drops + 2
+
+
+def test_two_receivers_on_one_registry_add_up() -> None:
+    metrics = Metrics()
+    first, second = haproxy_receiver(metrics), haproxy_receiver(metrics)
+    first.handle(HAPROXY_3164)
+    second.handle(HAPROXY_3164)
+    second.handle(b"garbage")
+    assert sample(metrics, "odoo_watchdog_http_requests_total", site="odoo", color="green",
+                  code="200") == 2
+    assert lines_counted(metrics.registry) == {"received": 3, "unparsed": 1, "unmapped": 0}
+    assert kernel_drops_counted(metrics.registry) is None  # neither listens: unknown
+
+
 async def test_start_fails_on_a_taken_port_and_stop_is_idempotent() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -405,8 +468,11 @@ async def test_start_fails_on_a_taken_port_and_stop_is_idempotent() -> None:
         receiver = AccessLogReceiver(f"127.0.0.1:{port}", "haproxy", {}, Metrics())
         with pytest.raises(OSError):
             await receiver.start()
+    assert receiver.address == ("127.0.0.1", port)  # not listening
     await receiver.stop()
     await receiver.stop()
+    assert receiver.kernel_drops() is None
+    assert receiver.kernel_drops_total() is None  # it never listened
 
 
 def test_bad_arguments() -> None:
@@ -414,37 +480,46 @@ def test_bad_arguments() -> None:
         AccessLogReceiver("127.0.0.1:5140", "apache", {}, Metrics())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="host:port"):
         AccessLogReceiver("5140", "nginx", {}, Metrics())
+    with pytest.raises(ValueError, match="distinct"):
+        AccessLogCollector([1.0, 1.0])
 
 
-def test_counts_reach_the_metrics_at_flush_and_bulk_equals_one_by_one() -> None:
+def test_the_export_equals_prometheus_client_observing_each_line() -> None:
+    """The collector's counter and histogram, against prometheus_client's own Counter and
+    Histogram (same names, labels and buckets) fed the same lines one by one."""
     durations_ms = [0, 1, 25, 26, 50, 99, 100, 250, 700, 750, 751, 29_999, 30_000, 30_001,
                     120_000, -1]
     lines = [HAPROXY_3164.replace(b"0/0/0/51/51 200", f"0/0/0/0/{ms} {code}".encode())
              for ms in durations_ms for code in (200, 502, -1)]
-    exported = []
-    for bulk in (True, False):
-        metrics = Metrics()
-        receiver = AccessLogReceiver("127.0.0.1:0", "haproxy",
-                                     {"odoo/odoo-green": ("odoo", "green")}, metrics)
-        series = receiver._lookup(b"odoo/odoo-green")
-        assert series is not None
-        series.bulk = bulk  # False: as if prometheus_client had no per-bucket values
-        for line in lines:
-            receiver.handle(line)
-        if bulk:
-            assert metrics.registry.get_sample_value(
-                "odoo_watchdog_http_requests_total",
-                {"site": "odoo", "color": "green", "code": "200"}) is None  # not flushed yet
-        receiver.flush()
-        receiver.flush()  # a second flush adds nothing
-        exported.append(sorted(
-            (s.name, tuple(sorted(s.labels.items())), s.value)
-            for family in metrics.registry.collect()
-            if family.name.startswith("odoo_watchdog_http_")
-            for s in family.samples if not s.name.endswith("_created")))
-    assert exported[0] == exported[1]
+    metrics = Metrics()
+    receiver = AccessLogReceiver("127.0.0.1:0", "haproxy",
+                                 {"odoo/odoo-green": ("odoo", "green")}, metrics)
+    oracle = CollectorRegistry()
+    requests = Counter("odoo_watchdog_http_requests_total", "x", ["site", "color", "code"],
+                       registry=oracle)
+    duration = Histogram("odoo_watchdog_http_request_duration_seconds", "x", ["site", "color"],
+                         buckets=HTTP_BUCKETS, registry=oracle)
+    for line in lines:
+        receiver.handle(line)
+        parsed = parse_haproxy(line)
+        assert parsed is not None
+        code = "499" if parsed.status == b"-1" else parsed.status.decode()
+        requests.labels("odoo", "green", code).inc()
+        if parsed.seconds is not None:
+            duration.labels("odoo", "green").observe(parsed.seconds)
+
+    def exported(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...],
+                                                           float]]:
+        return sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                      for family in registry.collect()
+                      if family.name.startswith("odoo_watchdog_http_")
+                      for s in family.samples if not s.name.endswith("_created"))
+
+    ours = exported(metrics.registry)
+    assert len(ours) == 3 + len(HTTP_BUCKETS) + 3  # 3 codes; buckets, +Inf, _count, _sum
+    assert ours == exported(oracle)
     values = {(name, dict(labels).get("le"), dict(labels).get("code")): value
-              for name, labels, value in exported[0]}
+              for name, labels, value in ours}
     assert values[("odoo_watchdog_http_requests_total", None, "200")] == len(durations_ms)
     assert values[("odoo_watchdog_http_requests_total", None, "499")] == len(durations_ms)
     count = "odoo_watchdog_http_request_duration_seconds_count"
@@ -462,24 +537,7 @@ def test_many_unknown_servers_do_not_stop_known_ones_from_counting() -> None:
     for i in range(10_050):
         receiver.handle(HAPROXY_3164.replace(b"odoo/odoo-green", f"odoo/x{i}".encode()))
     receiver.handle(HAPROXY_3164)
-    assert len(receiver._series) <= 10_001
+    assert len(receiver._series) <= accesslog.MAX_UNKNOWN + 1
     assert (receiver.unmapped, receiver.parsed) == (10_050, 1)
     assert sample(metrics, "odoo_watchdog_http_requests_total", site="odoo", color="green",
                   code="200") == 1
-
-
-async def test_a_running_receiver_flushes_by_itself() -> None:
-    metrics = Metrics()
-    receiver = AccessLogReceiver(f"127.0.0.1:{free_udp_port()}", "haproxy",
-                                 {"odoo/odoo-green": ("odoo", "green")}, metrics)
-    async with receiver:
-        receiver.handle(HAPROXY_3164)
-        labels = {"site": "odoo", "color": "green", "code": "200"}
-        assert metrics.registry.get_sample_value("odoo_watchdog_http_requests_total",
-                                                 labels) is None
-        await asyncio.sleep(accesslog.FLUSH_EVERY * 2.5)
-        assert metrics.registry.get_sample_value("odoo_watchdog_http_requests_total",
-                                                 labels) == 1
-        receiver.handle(HAPROXY_3164)
-    # stop() flushes what is left
-    assert metrics.registry.get_sample_value("odoo_watchdog_http_requests_total", labels) == 2

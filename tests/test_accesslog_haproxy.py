@@ -33,10 +33,11 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
+from tests.accesslog_helpers import check_counts_per_color
 from watchdog.accesslog import AccessLogReceiver
 from watchdog.config import DaemonConfig, PrometheusRule, load_rule_file
 from watchdog.lab.haproxy import HaproxyLab
-from watchdog.lab.load import LoadClient, Sample
+from watchdog.lab.load import LoadClient
 from watchdog.lab.procs import free_port, free_udp_port
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess, clear_faults, set_faults
@@ -71,15 +72,6 @@ class Rig:
 
     def target(self, color: str) -> Target:
         return Target.of("odoo", self.config.sites["odoo"], color)
-
-    def requests(self, color: str) -> float:
-        self.receiver.flush()
-        total = 0.0
-        for family in self.metrics.registry.collect():
-            if family.name == "odoo_watchdog_http_requests":
-                total += sum(s.value for s in family.samples if s.name.endswith("_total")
-                             and s.labels["color"] == color and s.labels["site"] == "odoo")
-        return total
 
 
 @pytest.fixture
@@ -132,24 +124,6 @@ async def rig(
             clear_faults(proc.url)
 
 
-async def settle(receiver: AccessLogReceiver, quiet: float = 0.5, timeout: float = 10) -> None:
-    """Until no datagram has arrived for `quiet` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        if receiver.received != last:
-            last, since = receiver.received, time.monotonic()
-
-
-def by_color(samples: list[Sample]) -> dict[str, int]:
-    out = {"blue": 0, "green": 0}
-    for s in samples:
-        if s.color in out:
-            out[s.color] += 1
-    return out
-
-
 def shipped_rule(name: str, **update: Any) -> PrometheusRule:
     rules, _ = load_rule_file(ROOT / "rules" / "odoo.yml")
     rule = next(r for r in rules if r.name == name)
@@ -162,19 +136,8 @@ async def test_counts_p95_and_the_p95_rule_from_haproxy_access_logs(rig: Rig) ->
     started = time.monotonic()
 
     # 1. Counts per colour.
-    async with LoadClient(rig.haproxy.url, "/web/health", concurrency=8,
-                          max_requests=REQUESTS, max_seconds=40) as load:
-        await load.wait_count(REQUESTS, timeout=40)
-    await settle(receiver)
-    seen = by_color(load.samples)
-    assert sum(seen.values()) >= REQUESTS, load.samples[-3:]
-    assert [s for s in load.samples if s.failed] == []
-    counted = {color: rig.requests(color) for color in ("blue", "green")}
-    print(f"\nclient saw {seen}, receiver counted {counted}, {receiver.stats()}, "
-          f"{time.monotonic() - started:.1f}s")
-    for color in ("blue", "green"):
-        assert seen[color] > REQUESTS * 0.4  # the 50/50 split took effect
-        assert abs(counted[color] - seen[color]) <= 0.01 * seen[color], (seen, counted)
+    await check_counts_per_color(receiver, rig.metrics.registry, rig.haproxy.url, REQUESTS)
+    print(f"{time.monotonic() - started:.1f}s")
     assert receiver.unparsed <= 2  # HAProxy's own messages (a server DOWN) would count here
     assert receiver.unmapped <= 2  # the lab's readiness probe: a connect without a request
 
@@ -185,7 +148,7 @@ async def test_counts_p95_and_the_p95_rule_from_haproxy_access_logs(rig: Rig) ->
              f'_seconds_bucket{{site="odoo",color="green"}}[{WINDOW}s])))')
     async with LoadClient(rig.haproxy.url, "/web/health", concurrency=8,
                           max_seconds=40) as load:
-        # The window must hold only slow requests: wait it out, plus a scrape and a flush.
+        # The window must hold only slow requests: wait it out, plus a scrape or two.
         await asyncio.sleep(WINDOW + 2.5)
         result = await asyncio.to_thread(rig.prometheus.query, query)
         client_green = [s.latency for s in load.samples if s.color == "green" and not s.failed]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from watchdog import __version__
+from watchdog.accesslog_metrics import AccessLogCollector
 
 # From about one scrape interval to the slowest source timeout.
 EVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -64,10 +65,8 @@ class Metrics:
         self.config_last_reload_success_timestamp_seconds = Gauge(
             "odoo_watchdog_config_last_reload_success_timestamp_seconds",
             "Time of the last successful config and rule load", registry=r)
-        self.http_requests_total = Counter("odoo_watchdog_http_requests_total",
-                                           "Requests seen in the proxy access logs",
-                                           ["site", "color", "code"], registry=r)
-        self.http_request_duration_seconds = Histogram(
-            "odoo_watchdog_http_request_duration_seconds",
-            "Response time seen in the proxy access logs", ["site", "color"],
-            buckets=HTTP_BUCKETS, registry=r)
+        # odoo_watchdog_http_requests_total{site,color,code},
+        # odoo_watchdog_http_request_duration_seconds{site,color} (HTTP_BUCKETS) and the
+        # access-log receiver's own counts: read from its plain counters at scrape time.
+        self.access_log = AccessLogCollector(HTTP_BUCKETS)
+        r.register(self.access_log)
