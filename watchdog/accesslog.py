@@ -1,7 +1,7 @@
 """The access-log receiver: proxy access logs over syslog/UDP in, per-colour metrics out.
 
 HAProxy 2.6 and nginx export no latency histogram per server, and Odoo has no exporter, so the
-`error_rate` and `p95_latency` rules (DESIGN.md sections 5 and 8) read what the receiver makes
+`error_rate` and `p95_latency` rules (docs/rules.md, docs/metrics.md) read what the receiver makes
 of the proxy's access log: `odoo_watchdog_http_requests_total{site,color,code}` and
 `odoo_watchdog_http_request_duration_seconds{site,color}`.
 
