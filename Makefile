@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 demo: setup
 	$(PY) -m watchdog.cli demo
 
-test: setup docker
+# The lint first: a type error fails fast, before the lab tests start.
+test: setup lint docker
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # dockerd (--bridge=none --iptables=false) and the busybox image for the log tests; if
