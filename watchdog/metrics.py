@@ -1,4 +1,4 @@
-"""The daemon's own metrics (DESIGN.md section 9). Names and labels are a contract."""
+"""The daemon's own metrics (docs/metrics.md). Names and labels are a contract."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ class LabStack:
         self.window = window
         self.token = token if token is not None else secrets.token_hex(16)
         self.extra_rules = extra_rules
-        # HAProxy's access logs over UDP syslog to the daemon's receiver (docs/configuration.md, access_log)
+        # HAProxy access logs over UDP syslog to the daemon (docs/configuration.md, access_log)
         self.syslog_port = free_udp_port() if access_log else None
         self.notify_url = notify_url
         self.api_port = free_port()
