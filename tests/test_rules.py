@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from watchdog.measurement import Measurement
-from watchdog.rules import Outcome, RuleStatus, State, Verdict, evaluate, judge, summarize
+from watchdog.rules import Outcome, RuleStatus, State, evaluate, judge
 
 
 @dataclass(frozen=True)
@@ -132,36 +132,6 @@ def test_status_keeps_last_value_detail_and_outcome() -> None:
     assert statuses[1].outcome is Outcome.NO_DATA
     assert statuses[1].detail == "empty result"
     assert statuses[1].evaluated_at == 10
-
-
-def test_evaluate_does_not_mutate_its_input() -> None:
-    before = RuleStatus()
-    evaluate(R(), before, BAD, 1.0)
-    assert before == RuleStatus()
-
-
-def test_blocking_is_anything_but_ok() -> None:
-    assert not RuleStatus(State.OK).blocking
-    for state in (State.PENDING, State.FIRING, State.HOLDING):
-        assert RuleStatus(state).blocking
-
-
-def test_summarize_sorts_rules_into_firing_pending_holding() -> None:
-    verdict = summarize({
-        "b": RuleStatus(State.FIRING),
-        "a": RuleStatus(State.FIRING),
-        "c": RuleStatus(State.PENDING),
-        "d": RuleStatus(State.HOLDING),
-        "e": RuleStatus(State.OK),
-    })
-    assert verdict == Verdict(firing=("a", "b"), pending=("c",), holding=("d",))
-    assert not verdict.clear
-
-
-def test_verdict_is_clear_only_when_every_rule_is_ok() -> None:
-    assert summarize({"a": RuleStatus(State.OK), "b": RuleStatus(State.OK)}).clear
-    assert summarize({}).clear
-    assert not summarize({"a": RuleStatus(State.HOLDING)}).clear
 
 
 def test_metric_values_of_states() -> None:
