@@ -287,20 +287,22 @@ def progressing() -> Driver:
     return drv
 
 
-def paused() -> Driver:
+def driven(step: int, then: float, phase: Phase) -> Driver:
+    """To the start of `step` (0-based), then one tick `then` seconds later, which is in
+    `phase`."""
     drv = Driver()
-    drv.to_step(1)
-    drv.tick(after=60)
-    assert drv.phase is Phase.PAUSED
+    drv.to_step(step)
+    drv.tick(after=then)
+    assert drv.phase is phase
     return drv
+
+
+def paused() -> Driver:
+    return driven(1, 60, Phase.PAUSED)  # the end of the 50% hold: the pause step
 
 
 def baking() -> Driver:
-    drv = Driver()
-    drv.to_step(3)
-    drv.tick(after=1)
-    assert drv.phase is Phase.BAKING
-    return drv
+    return driven(3, 1, Phase.BAKING)  # the step after 100%
 
 
 @pytest.mark.parametrize("setup", [progressing, paused, baking])

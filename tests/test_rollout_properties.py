@@ -13,7 +13,8 @@ fixed (see their reasons).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ from watchdog.rollout import (
 from watchdog.rules import State
 
 RULE_NAMES = ("error_rate", "health", "p95")
-ON_FIRE = ("rollback", "pause", "notify")
+ON_FIRE = ("rollback", "pause", "pause", "notify")  # a rollback ends a history's rollout
 # Time advances: zero, around typical holds and bakes, now and then beyond keep_previous.
 ADVANCES = st.one_of(st.sampled_from([0.0, 1.0, 5.0, 30.0, 60.0, 120.0, 4000.0]),
                      st.floats(min_value=0.0, max_value=200.0, allow_nan=False))
@@ -92,11 +93,14 @@ class DoCommand:
 
 @dataclass(frozen=True)
 class DoTick:
+    """A tick `advance` seconds after the last input. Its rules change those of the tick
+    before (rules keep their state from tick to tick, as they do), or replace them all when
+    `fresh`; its `now` and `actual` are filled in when it runs."""
+
     advance: float
-    rules: dict[str, RuleView]
+    tick: Tick
     actual: str  # "desired": the router reports our split; "drifted": another one; "none"
-    preflight: Preflight | None
-    previous_healthy: bool | None
+    fresh: bool = True
 
 
 # Mostly ok, so that histories get far; each other state often enough to matter.
@@ -128,13 +132,16 @@ def commands(live: str) -> st.SearchStrategy[Command]:
 
 ticks = st.builds(
     DoTick, advance=ADVANCES,
-    rules=st.one_of(st.just({}), st.lists(rule_views, min_size=1, max_size=3).map(
-        lambda rs: {r.name: r for r in rs})),
+    tick=st.builds(
+        Tick, now=st.just(0.0),
+        rules=st.one_of(st.just({}), st.lists(rule_views, min_size=1, max_size=3).map(
+            lambda rs: {r.name: r for r in rs})),
+        preflight=st.sampled_from([None, None, Preflight(True, "smoke ok"),
+                                   Preflight(True, "smoke ok"), Preflight(True, "smoke ok"),
+                                   Preflight(False, "login answered 500")]),
+        previous_healthy=st.sampled_from([None, True, False])),
     actual=st.sampled_from(["desired", "desired", "drifted", "none"]),
-    preflight=st.sampled_from([None, None, Preflight(True, "smoke ok"),
-                               Preflight(True, "smoke ok"), Preflight(True, "smoke ok"),
-                               Preflight(False, "login answered 500")]),
-    previous_healthy=st.sampled_from([None, True, False]),
+    fresh=st.integers(0, 2).map(lambda n: n == 0),
 )
 
 
@@ -201,7 +208,8 @@ def check_state(state: SiteState, conf: Conf) -> None:
         assert rollout.finished_at is not None
 
 
-def check_decision(before: SiteState, d: Decision, rules: dict[str, RuleView] | None) -> None:
+def check_decision(before: SiteState, d: Decision, rules: Mapping[str, RuleView] | None,
+                   ) -> None:
     after = d.state
     applied = [a for a in d.actions if isinstance(a, ApplyWeights)]
     # The router is told exactly the split that is stored, once, and whenever it changes.
@@ -261,12 +269,13 @@ class Run:
     state: SiteState
     now: float = 1000.0
     final: dict[str, Rollout] = field(default_factory=dict)
+    rules: dict[str, RuleView] = field(default_factory=dict)  # as of the last tick
     ids: int = 0
 
     def step(self, item: DoCommand | DoTick) -> None:
         before = self.state
         self.now += item.advance
-        rules = None
+        rules: dict[str, RuleView] | None = None
         if isinstance(item, DoCommand):
             cmd = item.cmd
             if isinstance(cmd, Start) and cmd.id:
@@ -290,9 +299,9 @@ class Run:
         else:
             actual = {"desired": dict(before.weights), "drifted": drifted(before.weights),
                       "none": None}[item.actual]
-            rules = item.rules
-            d = tick(before, Tick(self.now, rules, actual, item.preflight,
-                                  item.previous_healthy))
+            rules = dict(item.tick.rules) if item.fresh else {**self.rules, **item.tick.rules}
+            self.rules = rules
+            d = tick(before, replace(item.tick, now=self.now, rules=rules, actual=actual))
         check_decision(before, d, rules)
         self.state = d.state
         check_state(self.state, self.conf)
@@ -326,8 +335,8 @@ def test_invariants_hold_after_every_input(conf: Conf, live: str, length: int,
 
 @settings(max_examples=200, deadline=None)
 @given(conf=configs(), history=st.lists(
-    st.builds(DoTick, advance=ADVANCES, rules=st.just({}), actual=st.just("desired"),
-              preflight=st.just(Preflight(True, "ok")), previous_healthy=st.none()),
+    st.builds(DoTick, advance=ADVANCES, tick=st.just(Tick(0.0, preflight=Preflight(True, "ok"))),
+              actual=st.just("desired")),
     min_size=1, max_size=30))
 def test_with_every_rule_ok_a_rollout_only_waits_for_pauses_and_time(
     conf: Conf, history: list[DoTick],
@@ -340,7 +349,7 @@ def test_with_every_rule_ok_a_rollout_only_waits_for_pauses_and_time(
         run.step(item)
         assert run.state.phase not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.ABORTED)
     for _ in range(2 * len(conf.config.steps) + 3):  # each tick long enough for any hold
-        run.step(DoTick(4000.0, {}, "desired", None, None))
+        run.step(DoTick(4000.0, Tick(0.0), "desired"))
     rollout = run.state.rollout
     assert rollout is not None
     assert run.state.phase is Phase.PROMOTED or rollout.paused_by == "step", rollout
@@ -349,8 +358,10 @@ def test_with_every_rule_ok_a_rollout_only_waits_for_pauses_and_time(
 # ------------------------------------------------------------------------------- violations
 
 
-def pause_rule(state: State = State.FIRING) -> dict[str, RuleView]:
-    return {"p95": RuleView("p95", state, "pause", 2.5, "<= 1")}
+def started(*steps: Any) -> tuple[RolloutConfig, SiteState]:
+    """A config with these steps, and a rollout of it to green in preflight."""
+    cfg = RolloutConfig.model_validate({"steps": list(steps)})
+    return cfg, command(initial("odoo", "blue"), Start("green", id="r1"), 0.0, cfg).state
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -359,9 +370,9 @@ def pause_rule(state: State = State.FIRING) -> dict[str, RuleView]:
     "(README: 'pause holds the weight until the rule clears'; a firing notify or a pending "
     "rule does not block either, where in progressing they do)"))
 def test_a_firing_pause_rule_holds_the_candidate_at_0_in_preflight() -> None:
-    cfg = RolloutConfig.model_validate({"steps": [{"weight": 10}, {"weight": 100}]})
-    started = command(initial("odoo", "blue"), Start("green", id="r1"), 0.0, cfg).state
-    d = tick(started, Tick(1.0, pause_rule(), started.weights, Preflight(True, "ok")))
+    _, state = started({"weight": 10}, {"weight": 100})
+    firing = {"p95": RuleView("p95", State.FIRING, "pause", 2.5, "<= 1")}
+    d = tick(state, Tick(1.0, firing, state.weights, Preflight(True, "ok")))
     assert d.state.weights == {"blue": 100, "green": 0}, d.events
 
 
@@ -371,9 +382,8 @@ def test_a_firing_pause_rule_holds_the_candidate_at_0_in_preflight() -> None:
     "`promote --full` then pauses at the current weight while its event says 'promoted to "
     "100%'"))
 def test_promote_full_reaches_100_when_the_steps_end_with_a_pause() -> None:
-    cfg = RolloutConfig.model_validate({"steps": [{"weight": 10}, {"weight": 100}, "pause"]})
-    started = command(initial("odoo", "blue"), Start("green", id="r1"), 0.0, cfg).state
-    at_10 = tick(started, Tick(1.0, {}, started.weights, Preflight(True, "ok"))).state
+    cfg, state = started({"weight": 10}, {"weight": 100}, "pause")
+    at_10 = tick(state, Tick(1.0, {}, state.weights, Preflight(True, "ok"))).state
     assert at_10.weights == {"blue": 90, "green": 10}
     d = command(at_10, Promote(full=True), 2.0, cfg)
     assert d.state.weights == {"blue": 0, "green": 100}, d.events
