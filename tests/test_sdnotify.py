@@ -93,7 +93,7 @@ def fields(text: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def listen(tmp_path: Path) -> Iterator[Callable[[str], Listener]]:
+def listen() -> Iterator[Callable[[str], Listener]]:
     made: list[Listener] = []
 
     def make(address: str) -> Listener:
@@ -105,20 +105,29 @@ def listen(tmp_path: Path) -> Iterator[Callable[[str], Listener]]:
         listener.close()
 
 
-def path_socket(tmp_path: Path) -> str:
+@pytest.fixture
+def listener(tmp_path: Path, listen: Callable[[str], Listener]) -> Listener:
+    """A listener on a path socket (the usual NOTIFY_SOCKET) in the test's directory."""
     path = str(tmp_path / "notify.sock")
     assert len(path) < 100, "sun_path holds 108 bytes"
-    return path
+    return listen(path)
+
+
+@pytest.fixture
+def notify(listener: Listener) -> Iterator[SdNotify]:
+    """SdNotify with only NOTIFY_SOCKET set, to `listener`; closed after the test (close() is
+    idempotent, so a test may close it itself)."""
+    notifier = SdNotify({"NOTIFY_SOCKET": listener.address})
+    yield notifier
+    asyncio.run(notifier.close())
 
 
 # ------------------------------------------------------------------------------------ SdNotify
 
 
 def test_sends_one_datagram_per_message_to_a_path_socket(
-    tmp_path: Path, listen: Callable[[str], Listener],
+    listener: Listener, notify: SdNotify,
 ) -> None:
-    listener = listen(path_socket(tmp_path))
-    notify = SdNotify({"NOTIFY_SOCKET": listener.address})
     assert notify.enabled
     notify.ready("odoo: idle, blue 100% green 0%")
     notify.status("odoo: progressing, blue 90% green 10%")
@@ -129,18 +138,12 @@ def test_sends_one_datagram_per_message_to_a_path_socket(
         "STATUS=odoo: progressing, blue 90% green 10%",
         "STOPPING=1",
     ]
-    asyncio.run(notify.close())
 
 
-def test_ready_without_status_is_one_line(
-    tmp_path: Path, listen: Callable[[str], Listener],
-) -> None:
-    listener = listen(path_socket(tmp_path))
-    notify = SdNotify({"NOTIFY_SOCKET": listener.address})
+def test_ready_without_status_is_one_line(listener: Listener, notify: SdNotify) -> None:
     notify.ready()
     listener.wait_for("READY=1")
     assert listener.texts() == ["READY=1"]
-    asyncio.run(notify.close())
 
 
 def test_abstract_socket_name(listen: Callable[[str], Listener]) -> None:
@@ -152,18 +155,13 @@ def test_abstract_socket_name(listen: Callable[[str], Listener]) -> None:
     asyncio.run(notify.close())
 
 
-def test_reloading_carries_monotonic_usec(
-    tmp_path: Path, listen: Callable[[str], Listener],
-) -> None:
-    listener = listen(path_socket(tmp_path))
-    notify = SdNotify({"NOTIFY_SOCKET": listener.address})
+def test_reloading_carries_monotonic_usec(listener: Listener, notify: SdNotify) -> None:
     before = time.monotonic_ns() // 1000
     notify.reloading()
     after = time.monotonic_ns() // 1000
     _, _, got = listener.wait_for("RELOADING=1")
     assert set(got) == {"RELOADING", "MONOTONIC_USEC"}
     assert before <= int(got["MONOTONIC_USEC"]) <= after
-    asyncio.run(notify.close())
 
 
 def test_no_socket_sends_nothing_and_never_raises(tmp_path: Path) -> None:
@@ -194,10 +192,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid_only(
     assert SdNotify({"NOTIFY_SOCKET": "@x", **env}).watchdog_interval == interval
 
 
-async def test_watchdog_pings_with_status_until_closed(
-    tmp_path: Path, listen: Callable[[str], Listener],
-) -> None:
-    listener = listen(path_socket(tmp_path))
+async def test_watchdog_pings_with_status_until_closed(listener: Listener) -> None:
     notify = SdNotify({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "200000"})
     calls = 0
 
@@ -221,10 +216,8 @@ async def test_watchdog_pings_with_status_until_closed(
 
 
 async def test_no_watchdog_task_without_watchdog_usec(
-    tmp_path: Path, listen: Callable[[str], Listener],
+    listener: Listener, notify: SdNotify,
 ) -> None:
-    listener = listen(path_socket(tmp_path))
-    notify = SdNotify({"NOTIFY_SOCKET": listener.address})
     notify.start_watchdog()
     await asyncio.sleep(0.2)
     await notify.close()
@@ -258,9 +251,8 @@ def daemon_process(lab: LabStack, log_name: str, env: dict[str, str]) -> Managed
 
 @pytest.mark.lab
 def test_daemon_ready_watchdog_reload_and_stop(
-    lab: LabStack, tmp_path: Path, listen: Callable[[str], Listener],
+    lab: LabStack, listener: Listener,
 ) -> None:
-    listener = listen(path_socket(tmp_path))
     proc = daemon_process(lab, "daemon-notify.log", {
         "NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"})
     try:
@@ -314,9 +306,8 @@ def test_daemon_ready_watchdog_reload_and_stop(
 
 @pytest.mark.lab
 def test_daemon_sends_no_watchdog_pings_when_watchdog_pid_is_another_process(
-    lab: LabStack, tmp_path: Path, listen: Callable[[str], Listener],
+    lab: LabStack, listener: Listener,
 ) -> None:
-    listener = listen(path_socket(tmp_path))
     proc = daemon_process(lab, "daemon-other-pid.log", {
         "NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000",
         "WATCHDOG_PID": str(os.getpid())})  # this test's pid: not the daemon's
