@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from watchdog.lab.haproxy import HaproxyLab
+from watchdog.lab.haproxy import HaproxyLab, colour_servers
 from watchdog.lab.procs import free_port
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess, clear_faults
+
+if TYPE_CHECKING:
+    from watchdog.lab.stack import LabStack
 
 
 @dataclass
@@ -101,6 +107,38 @@ def haproxy(
     lab.start()
     yield lab
     lab.stop()
+
+
+# ---------------------------------------------------------------- a lab's daemon and HAProxy
+# Helpers (not fixtures) for tests that drive a LabStack: `from tests.conftest import ...`.
+
+FORCED_MAINT = 0x01  # HAProxy's srv_admin_state bit: maintenance set from the runtime API
+FORCED_DRAIN = 0x08  # and drain
+
+
+async def site(lab: LabStack) -> dict[str, Any]:
+    """The daemon's view of site odoo (GET /api/v1/sites/odoo), off the event loop."""
+    return await asyncio.to_thread(lab.site)
+
+
+async def post(lab: LabStack, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/v1/sites/odoo/<action> with the lab's token, off the event loop."""
+    result: dict[str, Any] = await asyncio.to_thread(
+        lab.client().post, f"/api/v1/sites/odoo/{action}", body)
+    return result
+
+
+def haproxy_servers(lab: LabStack) -> dict[str, dict[str, int]]:
+    """`show servers state odoo` by colour: the weight in force and the admin state, read
+    from HAProxy's runtime API itself, never from the daemon."""
+    assert lab.haproxy is not None
+    return colour_servers(lab.haproxy.admin_socket)
+
+
+def daemon_metrics(lab: LabStack) -> str:
+    """The daemon's /metrics, as text."""
+    with urllib.request.urlopen(f"{lab.api_url}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 # ---------------------------------------------------------------- the daemon in this process

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import FORCED_MAINT, daemon_metrics, haproxy_servers, post, site
 from tests.polling import until
 from watchdog.lab.alertmanager import AlertmanagerLab
-from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.stack import LabStack
@@ -34,7 +34,6 @@ from watchdog.lab.standin import clear_faults, set_faults
 
 pytestmark = pytest.mark.lab
 
-SITE = "/api/v1/sites/odoo"
 STEPS: list[Any] = [{"weight": 50, "hold": "1h"}, {"weight": 100}]
 BLUE = {"blue": 100, "green": 0}
 HALF = {"blue": 50, "green": 50}
@@ -51,7 +50,6 @@ ALERT_RULES = {"groups": [{"name": "odoo-canary", "rules": [{
     "labels": {"severity": "critical", "site": "odoo", "color": "green"},
     "annotations": {"summary": "5xx share of green is {{ $value | humanizePercentage }}"},
 }]}]}
-HAPROXY_MAINT = 0x01  # srv_admin_state: forced maintenance (set from the runtime API)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -71,29 +69,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabStack]:
 # ---------------------------------------------------------------- HAProxy, directly
 
 
-def haproxy_servers(lab: LabStack) -> dict[str, dict[str, int]]:
-    """`show servers state odoo` by colour: the weight in force and the admin state."""
-    assert lab.haproxy is not None
-    return colour_servers(lab.haproxy.admin_socket)
-
-
 def haproxy_weights(lab: LabStack) -> dict[str, int]:
     """What new requests see: a server in maintenance takes none, whatever its weight."""
-    return {color: 0 if s["admin"] & HAPROXY_MAINT else s["weight"]
+    return {color: 0 if s["admin"] & FORCED_MAINT else s["weight"]
             for color, s in haproxy_servers(lab).items()}
 
 
 # ---------------------------------------------------------------- the daemon
-
-
-async def site(lab: LabStack) -> dict[str, Any]:
-    return await asyncio.to_thread(lab.site)
-
-
-async def command(lab: LabStack, action: str, body: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = await asyncio.to_thread(lab.client().post, f"{SITE}/{action}",
-                                                     body)
-    return result
 
 
 def fetch(url: str, data: bytes | None = None) -> str:
@@ -107,10 +89,6 @@ def fetch(url: str, data: bytes | None = None) -> str:
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return [(s.labels, s.value) for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == name]
-
-
-def daemon_metrics(lab: LabStack) -> str:
-    return fetch(f"{lab.api_url}/metrics")
 
 
 def alerts_received(lab: LabStack) -> dict[str, float]:
@@ -128,10 +106,10 @@ async def canary_at_half(lab: LabStack) -> dict[str, Any]:
     """No active rollout and blue live, then a rollout to green, held at 50% in HAProxy."""
     view = await site(lab)
     if view["phase"] in ACTIVE:
-        view = await command(lab, "abort", {"reason": "test set-up"})
+        view = await post(lab, "abort", {"reason": "test set-up"})
     if view["live"] != "blue" or view["weights"] != BLUE:
-        view = await command(lab, "switch", {"to": "blue"})
-    await command(lab, "rollouts", {"to": "green", "version": "17.0"})
+        view = await post(lab, "switch", {"to": "blue"})
+    await post(lab, "rollouts", {"to": "green", "version": "17.0"})
 
     async def at_half() -> dict[str, Any] | None:
         got = await site(lab)
@@ -224,7 +202,7 @@ async def test_prometheus_alert_rolls_back_through_alertmanager(
             took = time.monotonic() - injected
             # HAProxy itself: green out, at weight 0 and in maintenance; blue takes it all.
             servers = haproxy_servers(lab)
-            assert servers["green"]["weight"] == 0 and servers["green"]["admin"] & HAPROXY_MAINT
+            assert servers["green"]["weight"] == 0 and servers["green"]["admin"] & FORCED_MAINT
             assert haproxy_weights(lab) == BLUE
 
             async def rolled_back() -> dict[str, Any] | None:

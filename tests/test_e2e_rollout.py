@@ -20,62 +20,44 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import (
+    FORCED_DRAIN,
+    FORCED_MAINT,
+    daemon_metrics,
+    haproxy_servers,
+    post,
+    site,
+)
 from tests.polling import until
 from watchdog.durations import parse_duration
-from watchdog.lab.haproxy import colour_servers, runtime_api
+from watchdog.lab.haproxy import runtime_api
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
 from watchdog.lab.standin import set_faults
 
 pytestmark = pytest.mark.lab
 
-SITE = "/api/v1/sites/odoo"
 FINAL = {"promoted", "rolled_back", "aborted"}
 BLUE_ONLY = {"blue": 100, "green": 0}
 GREEN_ONLY = {"blue": 0, "green": 100}
-# HAProxy's srv_admin_state bits for a server put in maintenance / drain from the runtime API.
-FORCED_MAINT = 0x01
-FORCED_DRAIN = 0x08
 DRAIN_TIMEOUT = 2.0  # LabStack's router drain_timeout
-
 
 
 # ------------------------------------------------------------------------------- HAProxy, directly
 
 
-def servers(lab: LabStack) -> dict[str, dict[str, int]]:
-    """`show servers state odoo` by colour: uweight (the weight in force) and admin state."""
-    assert lab.haproxy is not None
-    return colour_servers(lab.haproxy.admin_socket)
-
-
 def weights(lab: LabStack) -> dict[str, int]:
     """The weight HAProxy applies to each colour (the daemon writes percentages as weights)."""
-    return {color: s["weight"] for color, s in servers(lab).items()}
+    return {color: s["weight"] for color, s in haproxy_servers(lab).items()}
 
 
 # ------------------------------------------------------------------------------- the daemon
 
 
-async def site(lab: LabStack) -> dict[str, Any]:
-    return await asyncio.to_thread(lab.site)
-
-
-async def post(lab: LabStack, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = await asyncio.to_thread(lab.client().post, f"{SITE}/{action}",
-                                                     payload)
-    return result
-
-
-def metrics(lab: LabStack) -> str:
-    with urllib.request.urlopen(f"{lab.api_url}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
-
-
 def metric(lab: LabStack, name: str, **labels: str) -> float:
     """One sample of the daemon's /metrics, matched by name and labels (the text format lists
     labels in any order); 0 when it is not exported yet."""
-    for family in text_string_to_metric_families(metrics(lab)):
+    for family in text_string_to_metric_families(daemon_metrics(lab)):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
@@ -220,7 +202,7 @@ async def test_canary_walks_every_step_in_haproxy_bakes_and_promotes_without_a_f
     assert view["previous"]["color"] == "blue"
     assert weights(lab) == GREEN_ONLY
     # Blue was drained at 100% (sticky users finish) and is in maint drain_timeout later.
-    assert servers(lab)["blue"]["admin"] & FORCED_MAINT, servers(lab)
+    assert haproxy_servers(lab)["blue"]["admin"] & FORCED_MAINT, haproxy_servers(lab)
     assert after.share("green") == 100.0
     assert applied == [BLUE_ONLY, {"blue": 90, "green": 10}, {"blue": 50, "green": 50},
                        GREEN_ONLY]
@@ -276,7 +258,8 @@ async def test_injected_5xx_at_50_percent_rolls_back_by_itself_within_the_derive
         out = await wait_weights(lab, BLUE_ONLY, timeout=ROLLBACK_BOUND + 10)
         took = out - injected
         during = load.window(mark)
-        assert servers(lab)["green"]["admin"] & FORCED_MAINT  # sticky users leave green too
+        # Sticky users leave green too.
+        assert haproxy_servers(lab)["green"]["admin"] & FORCED_MAINT
         view = await wait_phase(lab, "rolled_back", timeout=5)
         await asyncio.sleep(0.5)
         calm = load.mark()
@@ -355,7 +338,7 @@ async def test_abort_mid_canary_puts_blue_back_to_100_with_the_reason_in_the_eve
         answer = await post(lab, "abort", {"reason": reason})
         # The abort answers after the router is switched: HAProxy is there already.
         assert weights(lab) == BLUE_ONLY
-        assert servers(lab)["green"]["admin"] & FORCED_MAINT
+        assert haproxy_servers(lab)["green"]["admin"] & FORCED_MAINT
         assert answer["phase"] == "aborted"
         await asyncio.sleep(0.3)
         calm = load.mark()
@@ -523,7 +506,7 @@ async def test_kill_9_during_the_promotion_drain_still_ends_with_the_old_colour_
         await start_rollout(lab)
         await wait_phase(lab, "progressing", 1, timeout=15)
         at_100 = await wait_weights(lab, GREEN_ONLY, timeout=15)
-        assert servers(lab)["blue"]["admin"] & FORCED_DRAIN
+        assert haproxy_servers(lab)["blue"]["admin"] & FORCED_DRAIN
         assert await asyncio.to_thread(sticky_color, lab, "blue") == "blue"  # draining
         assert lab.daemon is not None
         lab.daemon.kill()
@@ -532,7 +515,7 @@ async def test_kill_9_during_the_promotion_drain_still_ends_with_the_old_colour_
         # Give the restarted daemon drain_timeout from the step, and two ticks, to finish it.
         await asyncio.sleep(max(0.0, at_100 + DRAIN_TIMEOUT + 2 * tick + 0.5 - time.monotonic()))
         view = await site(lab)
-        blue = servers(lab)["blue"]
+        blue = haproxy_servers(lab)["blue"]
         sticky = await asyncio.to_thread(sticky_color, lab, "blue")
     assert step_of(view) in {("progressing", 2), ("baking", 2)}, describe(view)
     assert weights(lab) == GREEN_ONLY

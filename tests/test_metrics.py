@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import FORCED_MAINT, haproxy_servers
 from tests.polling import wait
 from watchdog import __version__
 from watchdog.durations import parse_duration
-from watchdog.lab.haproxy import colour_servers, runtime_api
+from watchdog.lab.haproxy import runtime_api
 from watchdog.lab.load import LoadClient
 from watchdog.lab.prometheus import ScrapeJob
 from watchdog.lab.stack import LabStack
@@ -83,6 +84,23 @@ class Scrape:
         return (f"# HELP {name} " in self.text and f"# TYPE {name} {kind}\n" in self.text)
 
 
+def split(m: Scrape) -> dict[str, float]:
+    """odoo_watchdog_traffic_weight of site odoo, by colour."""
+    return {color: m("odoo_watchdog_traffic_weight", site="odoo", color=color)
+            for color in ("blue", "green")}
+
+
+def phases(m: Scrape) -> dict[str, float]:
+    """odoo_watchdog_rollout_phase of site odoo, by phase."""
+    return {dict(k)["phase"]: v
+            for k, v in m.series("odoo_watchdog_rollout_phase", site="odoo").items()}
+
+
+def only(phase: str) -> dict[str, float]:
+    """The phase gauges when the site is in `phase`: 1 for it, 0 for every other one."""
+    return {p: (1.0 if p == phase else 0.0) for p in PHASES}
+
+
 def scrape(lab: LabStack) -> Scrape:
     with urllib.request.urlopen(f"{lab.api_url}/metrics", timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain; version=")
@@ -90,17 +108,6 @@ def scrape(lab: LabStack) -> Scrape:
 
 
 # ------------------------------------------------------------------------------------ the story
-
-
-
-
-FORCED_MAINT = 0x01  # HAProxy's srv_admin_state bit for maintenance set from the runtime API
-
-
-def blue_admin_state(lab: LabStack) -> int:
-    """srv_admin_state of odoo-blue, from `show servers state odoo`."""
-    assert lab.haproxy is not None
-    return colour_servers(lab.haproxy.admin_socket)["blue"]["admin"]
 
 
 @dataclass
@@ -146,7 +153,8 @@ async def run_story(lab: LabStack) -> Story:
         # A split changed behind the daemon's back: drift, put back within a tick. (First
         # blue's drain after the promote ends in maintenance, or it would undo the change.)
         assert lab.haproxy is not None
-        await until(lambda: blue_admin_state(lab) & FORCED_MAINT, 10, "blue in maintenance")
+        await until(lambda: haproxy_servers(lab)["blue"]["admin"] & FORCED_MAINT, 10,
+                    "blue in maintenance")
         # (blue was put in maintenance when it went to 0: bring it back with a weight)
         answer = runtime_api(lab.haproxy.admin_socket,
                              "set server odoo/odoo-blue weight 20; "
@@ -224,11 +232,8 @@ def test_at_start_build_info_weights_phase_and_config(story: Story) -> None:
     assert m.series("odoo_watchdog_build_info") == {frozenset({("version", __version__)}): 1.0}
     # The split is there from the start, not only during a rollout.
     assert m.types["odoo_watchdog_traffic_weight"] == "gauge"
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="blue") == 100
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="green") == 0
-    assert {dict(k)["phase"]: v for k, v in m.series("odoo_watchdog_rollout_phase",
-                                                      site="odoo").items()} == {
-        p: (1.0 if p == "idle" else 0.0) for p in PHASES}
+    assert split(m) == {"blue": 100, "green": 0}
+    assert phases(m) == only("idle")
     assert m("odoo_watchdog_rollout_step", site="odoo") == 0
     assert m.types["odoo_watchdog_config_last_reload_successful"] == "gauge"
     assert m("odoo_watchdog_config_last_reload_successful") == 1
@@ -278,11 +283,8 @@ def test_http_metrics_are_declared_for_the_access_log_receiver(story: Story) -> 
 
 def test_mid_rollout_paused_at_50_percent(story: Story) -> None:
     m = story.paused
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="blue") == 50
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="green") == 50
-    phases = {dict(k)["phase"]: v
-              for k, v in m.series("odoo_watchdog_rollout_phase", site="odoo").items()}
-    assert phases == {p: (1.0 if p == "paused" else 0.0) for p in PHASES}
+    assert split(m) == {"blue": 50, "green": 50}
+    assert phases(m) == only("paused")
     assert m("odoo_watchdog_rollout_step", site="odoo") == 3  # 1-based: the pause step
     # The candidate is measured during the rollout.
     for rule in RULES:
@@ -299,11 +301,8 @@ def test_mid_rollout_paused_at_50_percent(story: Story) -> None:
 
 def test_after_the_promote(story: Story) -> None:
     m = story.promoted
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="blue") == 0
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="green") == 100
-    phases = {dict(k)["phase"]: v
-              for k, v in m.series("odoo_watchdog_rollout_phase", site="odoo").items()}
-    assert phases == {p: (1.0 if p == "promoted" else 0.0) for p in PHASES}
+    assert split(m) == {"blue": 0, "green": 100}
+    assert phases(m) == only("promoted")
     assert m("odoo_watchdog_rollout_step", site="odoo") == 0  # no active rollout
     assert m.types["odoo_watchdog_rollouts"] == "counter"
     assert m.series("odoo_watchdog_rollouts_total") == {
@@ -362,11 +361,8 @@ def test_router_metrics_after_the_promote(story: Story) -> None:
 def test_after_the_rollback(story: Story) -> None:
     m = story.rolled_back
     assert story.rolled_back_view["live"] == "green"
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="blue") == 0
-    assert m("odoo_watchdog_traffic_weight", site="odoo", color="green") == 100
-    phases = {dict(k)["phase"]: v
-              for k, v in m.series("odoo_watchdog_rollout_phase", site="odoo").items()}
-    assert phases == {p: (1.0 if p == "rolled_back" else 0.0) for p in PHASES}
+    assert split(m) == {"blue": 0, "green": 100}
+    assert phases(m) == only("rolled_back")
     assert m("odoo_watchdog_rollout_step", site="odoo") == 0
     assert {dict(k)["outcome"]: v for k, v in
             m.series("odoo_watchdog_rollouts_total", site="odoo").items()} == {
@@ -413,11 +409,14 @@ def test_counters_only_go_up_through_the_story(story: Story) -> None:
     snapshots = [story.at_start, story.paused, story.promoted, story.rolled_back,
                  story.after_alert]
     for before, after in itertools.pairwise(snapshots):
-        for (name, labels), value in before.values.items():
-            if name.endswith(("_total", "_count", "_bucket", "_sum")):
-                later = after.values.get((name, labels))
-                assert later is not None and later >= value, (name, dict(labels), value, later)
+        counters = {key: value for key, value in before.values.items()
+                    if key[0].endswith(("_total", "_count", "_bucket", "_sum"))}
+        assert counters, "no counter in a scrape: the loop below would check nothing"
+        for (name, labels), value in counters.items():
+            later = after.values.get((name, labels))
+            assert later is not None and later >= value, (name, dict(labels), value, later)
     for scrape_ in snapshots:
+        assert scrape_.values
         for (name, labels), value in scrape_.values.items():
             if name == "odoo_watchdog_rule_value":
                 continue  # NaN when a rule has no data
@@ -480,12 +479,13 @@ def test_prometheus_scrapes_them_and_promql_returns_them(story: Story) -> None:
                     lambda r: len(r) == 2)
     for r in result:
         assert 0 < float(r["value"][1]) <= 30, r
-    result = promql(story, 'odoo_watchdog_router_operation_seconds_count{router="haproxy"} > 0',
-                    lambda r: len(r) == 1)
+    # (promql() fails unless the predicate holds before its timeout.)
+    promql(story, 'odoo_watchdog_router_operation_seconds_count{router="haproxy"} > 0',
+           lambda r: len(r) == 1)
     result = promql(story, "odoo_watchdog_router_drift_total", lambda r: len(r) == 1)
     assert float(result[0]["value"][1]) == 1
-    result = promql(story, 'odoo_watchdog_rule_evaluations_total{rule="error_rate",'
-                           'result="breach"} > 0', lambda r: len(r) == 1)
+    promql(story, 'odoo_watchdog_rule_evaluations_total{rule="error_rate",result="breach"} > 0',
+           lambda r: len(r) == 1)
     # Counters survive as counters: a rate over them is not negative.
     result = promql(story, 'rate(odoo_watchdog_router_operations_total{result="ok"}[1m])',
                     lambda r: len(r) == 1)
