@@ -150,6 +150,7 @@ def test_dashboard_structure() -> None:
     assert site["datasource"]["uid"] == "${datasource}"
 
     panels = all_panels(dash)
+    assert query_panels(dash), "no panel with a query: the loop below would check nothing"
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(ids)}"
     for panel in panels:
@@ -200,10 +201,13 @@ def test_dashboard_uses_only_metrics_and_labels_the_daemon_exposes() -> None:
     unknown = sorted(used - set(exposed))
     assert not unknown, f"not exposed by watchdog/metrics.py: {unknown}"
     # Label matchers must name labels the metric has (router_operation_seconds has no site).
+    checked = 0
     for where, expr in dashboard_exprs():
         for name, body in SELECTOR_RE.findall(expr):
             for label in MATCHER_RE.findall(body):
                 assert label in exposed[name], f"{where}: {name} has no label {label!r}"
+                checked += 1
+    assert checked, "no label matcher found: SELECTOR_RE or MATCHER_RE matches nothing"
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +346,7 @@ def test_compose_daemon_config_matches_the_compose_mounts() -> None:
     haproxy_cfg = (ROOT / "deploy/compose/haproxy.cfg").read_text()
     assert f"stats socket {router['socket']} " in haproxy_cfg
     assert f"server-state-file {router['state_file']}" in haproxy_cfg
+    assert set(config["sites"]["odoo"]["colors"]) == {"blue", "green"}
     for color in config["sites"]["odoo"]["colors"].values():
         assert f"server {color['server']} " in haproxy_cfg
 
@@ -372,6 +377,7 @@ def test_compose_file_is_sound() -> None:
         for key in environment:
             if re.search(r"PASSWORD|TOKEN|SECRET", key):
                 assert key.endswith("_FILE"), f"{name}: {key} is a secret given inline"
+    assert data["secrets"]
     for name, secret in data["secrets"].items():
         assert set(secret) == {"file"}, f"secret {name} is not a file: {secret}"
         assert secret["file"].startswith("./secrets/"), secret
@@ -387,7 +393,9 @@ def test_compose_file_is_sound() -> None:
 
 def test_every_compose_service_is_commented() -> None:
     lines = COMPOSE.read_text().splitlines()
-    for name in compose()["services"]:
+    services = compose()["services"]
+    assert services
+    for name in services:
         index = lines.index(f"  {name}:")
         assert lines[index - 1].strip().startswith("#"), f"service {name} has no comment"
 
