@@ -7,8 +7,9 @@ actions, time advances, preflight results, router reports (the desired split, a 
 or none) and the previous colour's health. After every input the invariants below are checked
 against the decision and against a model of which commands each phase accepts.
 
-The two examples at the end are real violations, kept as strict xfails until rollout.py is
-fixed (see their reasons).
+The two examples at the end are violations this test found (a firing `pause` rule did not hold
+the candidate at 0% in preflight; `promote --full` stopped at a pause that followed the 100%
+step), kept as plain tests of the fix.
 """
 
 from __future__ import annotations
@@ -249,13 +250,15 @@ def check_decision(before: SiteState, d: Decision, rules: Mapping[str, RuleView]
         assert after.weights[cand] <= before.weights[cand]
         assert after.weights[cand] == 0
         assert after.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.ABORTED)
-    elif any(r.on_fire == "pause" for r in firing) and ro_before.phase is not Phase.PREFLIGHT:
-        # A firing pause rule holds the weight. (Not in preflight: see the strict xfail
-        # test_a_firing_pause_rule_holds_the_candidate_at_0_in_preflight below.)
+    elif any(r.on_fire == "pause" for r in firing):
+        # A firing pause rule holds the weight (in preflight: at 0%, still in preflight).
         assert after.weights == before.weights
-        assert after.phase in (Phase.PAUSED, Phase.ROLLING_BACK, Phase.ROLLED_BACK)
-    if any(r.state is not State.OK for r in rules.values()) and ro_before.phase is not (
-            Phase.PREFLIGHT):
+        assert after.phase in ((Phase.PREFLIGHT, Phase.ABORTED)
+                               if ro_before.phase is Phase.PREFLIGHT
+                               else (Phase.PAUSED, Phase.ROLLING_BACK, Phase.ROLLED_BACK))
+    blocking = (State.PENDING, State.FIRING) if ro_before.phase is Phase.PREFLIGHT else (
+        State.PENDING, State.FIRING, State.HOLDING)  # no traffic yet, no data: holding is ok
+    if any(r.state in blocking for r in rules.values()):
         # A tick never moves traffic to the candidate while any rule is not ok.
         assert after.weights[cand] <= before.weights[cand]
         assert after.phase is not Phase.PROMOTED
@@ -292,10 +295,7 @@ class Run:
                 assert d.state.phase is Phase.PREFLIGHT
             if isinstance(cmd, Promote) and cmd.full:
                 assert before.rollout is not None
-                # (Not when the steps end with a pause: the strict xfail
-                # test_promote_full_reaches_100_when_the_steps_end_with_a_pause below.)
-                if before.phase is Phase.BAKING or not before.rollout.steps[-1].is_pause:
-                    assert d.state.weights[before.rollout.candidate] == 100
+                assert d.state.weights[before.rollout.candidate] == 100
         else:
             actual = {"desired": dict(before.weights), "drifted": drifted(before.weights),
                       "none": None}[item.actual]
@@ -364,23 +364,16 @@ def started(*steps: Any) -> tuple[RolloutConfig, SiteState]:
     return cfg, command(initial("odoo", "blue"), Start("green", id="r1"), 0.0, cfg).state
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rollout._preflight ignores every rule but a firing rollback one: a firing `pause` rule "
-    "does not hold the candidate at 0%, preflight passes and traffic moves to the first step "
-    "(README: 'pause holds the weight until the rule clears'; a firing notify or a pending "
-    "rule does not block either, where in progressing they do)"))
 def test_a_firing_pause_rule_holds_the_candidate_at_0_in_preflight() -> None:
     _, state = started({"weight": 10}, {"weight": 100})
     firing = {"p95": RuleView("p95", State.FIRING, "pause", 2.5, "<= 1")}
     d = tick(state, Tick(1.0, firing, state.weights, Preflight(True, "ok")))
     assert d.state.weights == {"blue": 100, "green": 0}, d.events
+    assert d.state.phase is Phase.PREFLIGHT
+    cleared = tick(d.state, Tick(2.0, {}, state.weights, Preflight(True, "ok")))
+    assert cleared.state.weights == {"blue": 90, "green": 10}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rollout._promote with full=True enters the last step, and a config may end its steps "
-    "with a pause after the 100% step (RolloutConfig only checks the weight steps): "
-    "`promote --full` then pauses at the current weight while its event says 'promoted to "
-    "100%'"))
 def test_promote_full_reaches_100_when_the_steps_end_with_a_pause() -> None:
     cfg, state = started({"weight": 10}, {"weight": 100}, "pause")
     at_10 = tick(state, Tick(1.0, {}, state.weights, Preflight(True, "ok"))).state

@@ -276,7 +276,7 @@ async def test_dockerd_stopped_is_an_error_and_the_rule_holds(tmp_path: Path) ->
             assert "unreachable" in m.error and dockerd.base_url in m.error, m.error
             status = evaluate(r, status, m, now=110.0)
             assert status.state is State.HOLDING
-            assert status.blocking  # a rollout does not advance on it
+            assert status.state is not State.OK  # a rollout does not advance on it
 
             # The same dockerd again: the container is stopped, its log is still there.
             dockerd.start()

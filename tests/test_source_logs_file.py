@@ -369,7 +369,7 @@ async def test_unreadable_path_is_an_error_not_an_exception(
     source: LogsSource, tmp_path: Path
 ) -> None:
     m = await source.measure(rule(), target(tmp_path))  # a directory
-    assert m.error is not None and not m.has_value
+    assert m.error is not None and m.value is None
     assert "Is a directory" in m.error, m.error
     status = evaluate(rule(), RuleStatus(), m, now=100.0)
     assert status.state is State.HOLDING  # no_data: hold

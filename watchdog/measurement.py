@@ -6,7 +6,6 @@ daemon can store it, show it in the API and replay it into the evaluator in test
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -18,10 +17,6 @@ class Measurement:
     started: float = 0.0  # wall-clock seconds
     finished: float = 0.0
     latency: float | None = None  # for http probes: how long the colour took to answer
-
-    @property
-    def has_value(self) -> bool:
-        return self.error is None and self.value is not None and not math.isnan(self.value)
 
     @classmethod
     def no_data(cls, detail: str, started: float = 0.0, finished: float = 0.0) -> Measurement:

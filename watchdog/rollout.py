@@ -167,8 +167,8 @@ def _promote(state: SiteState, cmd: Promote, now: float) -> Decision:
     if rollout.phase is Phase.BAKING:
         _promoted(b, now, f"{cmd.actor} promoted before the bake ended", cmd.actor)
         return b.done()
-    if cmd.full:
-        last = len(rollout.steps) - 1
+    if cmd.full:  # the 100% step, even when a pause follows it
+        last = max(i for i, s in enumerate(rollout.steps) if s.weight == 100)
         b.rollout(phase=Phase.PROGRESSING, paused_by=None)
         _enter_step(b, last, now, f"{cmd.actor} promoted to 100%", cmd.actor)
         return b.done()
@@ -271,6 +271,11 @@ def _preflight(b: _Builder, t: Tick) -> None:
                 f"{rule.name} fired on {rollout.candidate} ({_value(rule)})", rule=rule)
         return
     if t.preflight is None:
+        return
+    # A pending or firing rule keeps the candidate at 0% until it clears (holding does not:
+    # a colour with no traffic yet has no data). Preflight runs again at the next tick.
+    if t.preflight.ok and any(r.state in (State.PENDING, State.FIRING)
+                              for r in t.rules.values()):
         return
     if not t.preflight.ok:
         b.rollout(phase=Phase.ABORTED, finished_at=t.now,

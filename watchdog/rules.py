@@ -13,7 +13,6 @@ with a fake clock. The meaning follows Prometheus alerting rules, which operator
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import Protocol
@@ -67,11 +66,6 @@ class RuleStatus:
     value: float | None = None
     detail: str = ""
     evaluated_at: float | None = None
-
-    @property
-    def blocking(self) -> bool:
-        """True while this rule forbids a rollout from advancing."""
-        return self.state is not State.OK
 
 
 def judge(rule: Thresholds, measurement: Measurement) -> Outcome:
@@ -128,30 +122,3 @@ def _hold(status: RuleStatus, now: float) -> RuleStatus:
 def _moved(status: RuleStatus, state: State, since: float | None, now: float) -> RuleStatus:
     changed = status.changed_at if state is status.state else now
     return replace(status, state=state, since=since, changed_at=changed)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """All rules of one site and colour, summed up for the rollout state machine."""
-
-    firing: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()
-    holding: tuple[str, ...] = ()
-
-    @property
-    def clear(self) -> bool:
-        """True only when every rule is ok: the one condition under which a rollout advances."""
-        return not (self.firing or self.pending or self.holding)
-
-
-def summarize(statuses: Mapping[str, RuleStatus] | Iterable[tuple[str, RuleStatus]]) -> Verdict:
-    items = statuses.items() if isinstance(statuses, Mapping) else statuses
-    firing, pending, holding = [], [], []
-    for name, status in sorted(items):
-        if status.state is State.FIRING:
-            firing.append(name)
-        elif status.state is State.PENDING:
-            pending.append(name)
-        elif status.state is State.HOLDING:
-            holding.append(name)
-    return Verdict(tuple(firing), tuple(pending), tuple(holding))
