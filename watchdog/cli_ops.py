@@ -127,6 +127,11 @@ def render_site(site: dict[str, Any]) -> str:
         lines.append(f"  router reports {_weights(actual)} (being put back)")
     if site.get("router", {}).get("error"):
         lines.append(f"  router error: {site['router']['error']}")
+    servers = site.get("router", {}).get("servers") or {}
+    if servers:
+        lines.append("  proxy checks: " + ", ".join(
+            f"{color} {s['state']}" + (f" ({s['check']})" if s.get("check") else "")
+            for color, s in servers.items()))
     if ro:
         version = f" {ro['version']}" if ro.get("version") else ""
         lines.append(f"  rollout {ro['id']}: {ro['from']} -> {ro['to']}{version}, "

@@ -68,10 +68,8 @@ class Daemon:
             try:
                 await self.access_log.start()
             except OSError as exc:
-                listen = self.loaded.config.access_log.listen if self.loaded.config.access_log \
-                    else "?"
-                raise StartError(f"access_log: cannot listen on {listen} (UDP): "
-                                 f"{exc.strerror or exc}") from None
+                raise StartError(f"access_log: cannot listen on {self.access_log.host}:"
+                                 f"{self.access_log.port} (UDP): {exc.strerror or exc}") from None
         for name, config in self.loaded.config.sites.items():
             state = await asyncio.to_thread(self.store.load, name)
             if state is None:
@@ -142,7 +140,8 @@ class Daemon:
         state, name = runtime.state, runtime.name
         target = Target.of(name, runtime.config, state.target)
         measured = await self.rules.measure(name, target, state.phase.value)
-        checked = (await preflight.run(runtime.config, state.rollout)
+        checked = (await preflight.run(runtime.config, state.rollout,
+                                       await runtime.router.read_health())
                    if state.phase is Phase.PREFLIGHT and state.rollout else None)
         previous_healthy = await preflight.previous_healthy(runtime.config, state, self.clock())
         await self._remember(name)
@@ -150,7 +149,7 @@ class Daemon:
             actual = await runtime.router.read()
             if runtime.state.target == state.target and runtime.state.phase is state.phase:
                 # (A command in between changed what was measured: decide on the next tick.)
-                rules = {**measured, **self._alert_views(runtime)}
+                rules = {**measured, **self._known_views(runtime)}
                 await self._commit(runtime, rollout.tick(runtime.state, Tick(
                     self.clock(), rules, actual, checked, previous_healthy)))
             await runtime.router.reconcile(runtime.state, known=runtime.router.actual is not None)
@@ -171,16 +170,18 @@ class Daemon:
         else:
             self._spawn(self.tick(name))
 
-    def _alert_views(self, runtime: SiteRuntime) -> dict[str, rollout.RuleView]:
-        return self.alerts.views(runtime.name, runtime.state.target,
-                                 self.loaded.config.alertmanager.on_fire, self.clock())
+    def _known_views(self, runtime: SiteRuntime) -> dict[str, rollout.RuleView]:
+        """What counts beside the measured rules: firing alerts, the proxy's own check."""
+        target = runtime.state.target
+        return {**self.alerts.views(runtime.name, target, self.loaded.config.alertmanager.on_fire,
+                                    self.clock()), **runtime.router.views(target)}
 
     async def decide_now(self, name: str) -> Decision:
         """A decision on what is known now (last rule states, firing alerts), without
         measuring: the Alertmanager webhook's fast path to a rollback."""
         runtime = self.sites[name]
         async with runtime.lock:
-            rules = {**self.rules.views(name, runtime.state.target), **self._alert_views(runtime)}
+            rules = {**self.rules.views(name, runtime.state.target), **self._known_views(runtime)}
             decision = rollout.tick(runtime.state, Tick(self.clock(), rules,
                                                         runtime.router.actual))
             await self._commit(runtime, decision)
@@ -276,8 +277,9 @@ class Daemon:
         self.require_site(name)
         r = self.sites[name]
         return views.SiteSnapshot(
-            r.name, r.state, r.router.actual, r.router.kind, r.router.error,
-            tuple(self.rules.rows(name)), tuple(self.alerts.firing.get(name, {}).values()),
+            r.name, r.state, r.router.actual, r.router.kind, r.router.error, r.router.health,
+            tuple(self.rules.rows(name)), tuple(r.router.views(r.state.target).values()),
+            tuple(self.alerts.firing.get(name, {}).values()),
             r.last_tick, r.config.rollout.interval, self.clock())
 
     async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:

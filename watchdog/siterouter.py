@@ -6,6 +6,10 @@ kind needs the same way: each read and write is counted and timed
 (`odoo_watchdog_router_operations_total`, `..._operation_seconds`), a failure is logged once
 and written to the audit log, and `reconcile` puts the stored split back when the proxy
 reports another one (a reload of the proxy, a person with a runtime API).
+
+Every read also takes the proxy's own health checks (`Router.health`): a candidate the proxy
+marks DOWN gets no traffic whatever its weight, so it holds the rollout as the rule
+`proxy:health` and fails preflight; the API and `status` show what the proxy said.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import time
 import structlog
 
 from watchdog.metrics import Metrics
-from watchdog.rollout import Event, SiteState, Weights
-from watchdog.routers import Router, RouterError, format_weights
+from watchdog.rollout import Event, RuleView, SiteState, Weights
+from watchdog.routers import Router, RouterError, ServerHealth, format_weights
+from watchdog.rules import State
 from watchdog.store import Store
 
 log = structlog.get_logger("odoo_watchdog")
+PROXY_RULE = "proxy:health"  # the name the proxy's own check has among the rules
 
 
 def audit_event(state: SiteState, kind: str, message: str) -> Event:
@@ -39,6 +45,7 @@ class SiteRouter:
         self.store = store
         self.actual: Weights | None = None  # the split the router last reported
         self.error: str | None = None  # the last failure, until an operation succeeds
+        self.health: dict[str, ServerHealth] = {}  # the proxy's own checks, at the last read
 
     @property
     def kind(self) -> str:
@@ -78,7 +85,27 @@ class SiteRouter:
         self._count("ok", started)
         self.error = None
         self.actual = actual
+        await self.read_health()
         return actual
+
+    async def read_health(self) -> dict[str, ServerHealth]:
+        """The proxy's view of each colour; unknown (empty) when it cannot be read, which
+        never blocks on its own: the rules still judge the colour."""
+        try:
+            self.health = await self.router.health()
+        except RouterError as exc:
+            log.warning("router_health_unreadable", site=self.site, error=str(exc))
+            self.health = {}
+        return self.health
+
+    def views(self, color: str) -> dict[str, RuleView]:
+        """The proxy's check as a rule of `color`: holding (a rollout does not advance, a bake
+        does not end) while the proxy itself takes the server out as DOWN."""
+        health = self.health.get(color)
+        if health is None or not health.down:
+            return {}
+        return {PROXY_RULE: RuleView(PROXY_RULE, State.HOLDING, "notify", None, "UP",
+                                     f"{self.kind} marks {color} {health.describe()}")}
 
     async def apply(self, state: SiteState, weights: Weights, drain: bool) -> bool:
         started = time.monotonic()

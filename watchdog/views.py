@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from watchdog.alerts import Alert
-from watchdog.rollout import Phase, SiteState, Weights
+from watchdog.rollout import Phase, RuleView, SiteState, Weights
+from watchdog.routers import ServerHealth
 from watchdog.rulemanager import Rule
 from watchdog.rules import RuleStatus
 
@@ -22,7 +23,9 @@ class SiteSnapshot:
     actual: Weights | None
     router_kind: str
     router_error: str | None
+    proxy: dict[str, ServerHealth]
     rules: tuple[tuple[Rule, str, RuleStatus], ...]
+    holds: tuple[RuleView, ...]  # what else holds the target colour (the proxy's check)
     alerts: tuple[Alert, ...]
     last_tick: float | None
     interval: float
@@ -38,11 +41,14 @@ def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) ->
         "target": state.target,
         "weights": state.weights,
         "actual_weights": snap.actual,
-        "router": {"kind": snap.router_kind, "error": snap.router_error},
+        "router": {"kind": snap.router_kind, "error": snap.router_error,
+                   "servers": {color: {"state": h.state, "check": h.check, "down": h.down}
+                               for color, h in sorted(snap.proxy.items())}},
         "previous": ({"color": state.previous, "until": state.previous_until}
                      if state.previous else None),
         "rollout": rollout_view(state, snap.now),
-        "rules": [rule_row(rule, color, status) for rule, color, status in snap.rules],
+        "rules": [rule_row(rule, color, status) for rule, color, status in snap.rules]
+        + [hold_row(view, state.target) for view in snap.holds],
         "alerts": [{"name": a.name, "color": a.color, "since": a.starts_at,
                     "summary": a.summary, "ends_at": a.ends_at} for a in snap.alerts],
         "last_tick": snap.last_tick,
@@ -51,6 +57,14 @@ def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) ->
     if events is not None:
         view["events"] = events
     return view
+
+
+def hold_row(view: RuleView, color: str) -> dict[str, Any]:
+    """A hold that is not a configured rule (`proxy:health`), in a rule's shape."""
+    return {"name": view.name, "color": color, "source": view.name.partition(":")[0],
+            "state": view.state.label, "value": view.value, "outcome": None,
+            "threshold": view.threshold, "for": 0.0, "on_fire": view.on_fire, "since": None,
+            "detail": view.detail}
 
 
 def rule_row(rule: Rule, color: str, status: RuleStatus) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from watchdog.routers import haproxy, nginx, traefik
 from watchdog.routers.base import (
     Router,
     RouterError,
+    ServerHealth,
     Weights,
     WeightsError,
     format_weights,
@@ -21,6 +22,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "ServerHealth",
     "TraefikRouterConfig",
     "Weights",
     "WeightsError",

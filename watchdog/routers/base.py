@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -117,8 +118,35 @@ def check_writable(path: Path) -> None:
         raise RouterError(f"cannot write in {directory} (needed to replace {path.name})")
 
 
+@dataclass(frozen=True)
+class ServerHealth:
+    """What the proxy's own health check says of a colour's server.
+
+    `state` is the proxy's word (HAProxy: `UP`, `UP 1/3` while failing checks add up, `DOWN`,
+    `DOWN 1/2` while passing ones do, `MAINT`, `DRAIN`, `no check`); `check` the last check's
+    result in its words (`L7STS 500: HTTP status check returned code <500>`), empty when the
+    proxy runs none (a server in `maint` is not checked).
+    """
+
+    state: str
+    check: str = ""
+
+    @property
+    def down(self) -> bool:
+        """The proxy takes this server out for failing its checks (not for maintenance)."""
+        return self.state.upper().startswith("DOWN")
+
+    def describe(self) -> str:
+        return self.state + (f" ({self.check})" if self.check else "")
+
+
 class Router(Protocol):
     kind: str
+
+    async def health(self) -> dict[str, ServerHealth]:
+        """The proxy's own check of each colour's server, by colour; empty for a switch that
+        runs no active checks (nginx open source, a Traefik file provider)."""
+        ...
 
     async def get_weights(self) -> Weights:
         """The split the switch applies now, read from the switch itself."""

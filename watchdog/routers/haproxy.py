@@ -25,6 +25,7 @@ from pydantic import Field
 from watchdog.routers.base import (
     RouterConfigBase,
     RouterError,
+    ServerHealth,
     Weights,
     percentages,
     validate_weights,
@@ -35,7 +36,7 @@ from watchdog.schema import COLORS, Duration
 if TYPE_CHECKING:
     from watchdog.config import SiteConfig
 
-__all__ = ["HaproxyRouter", "HaproxyRouterConfig", "parse_servers_state"]
+__all__ = ["HaproxyRouter", "HaproxyRouterConfig", "parse_servers_state", "parse_stat_typed"]
 
 # srv_admin_state bits (HAProxy's server.h): forced/inherited/config maintenance,
 # forced/inherited drain, resolution and hostname maintenance.
@@ -175,6 +176,24 @@ class HaproxyRouter:
         states = await self.server_states()
         return percentages({color: float(s.effective) for color, s in states.items()})
 
+    async def health(self) -> dict[str, ServerHealth]:
+        """Each colour's server as HAProxy's own check sees it, from `show stat typed` (one
+        field per line, so a check message with a comma cannot shift a CSV column)."""
+        rows = parse_stat_typed(await self.api.send("show stat typed"))
+        by_name = {row.get("svname"): row for row in rows if row.get("pxname") == self.backend}
+        out = {}
+        for color, server in self.servers.items():
+            row = by_name.get(server)
+            if row is None:
+                continue
+            check = row.get("check_status", "").lstrip("* ")
+            if check and row.get("check_code"):
+                check += f" {row['check_code']}"
+            if check and row.get("last_chk"):
+                check += f": {row['last_chk']}"
+            out[color] = ServerHealth(row.get("status", "unknown"), check)
+        return out
+
     # ---------------------------------------------------------------- writing
 
     async def set_weights(self, weights: Mapping[str, int], *, drain: bool = False) -> Weights:
@@ -300,6 +319,21 @@ class HaproxyRouter:
                 "takes weights 0% and 100%; use `balance roundrobin` (or leastconn) for canaries"
             )
         raise RouterError(f"HAProxy backend {self.backend}, server {server}: {first}")
+
+
+def parse_stat_typed(answer: str) -> list[dict[str, str]]:
+    """The server rows of `show stat typed`: `S.<px>.<sv>.<pos>.<name>.<proc>:<tags>:<type>:<value>`
+    lines, gathered into one {field name: value} per server."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for line in answer.splitlines():
+        if not line.startswith("S."):
+            continue
+        head, _, rest = line.partition(":")
+        parts = head.split(".")
+        value = rest.split(":", 2)[-1] if rest.count(":") >= 2 else ""
+        if len(parts) >= 5:
+            rows.setdefault((parts[1], parts[2]), {})[parts[4]] = value
+    return list(rows.values())
 
 
 def _is_state_line(line: str) -> bool:

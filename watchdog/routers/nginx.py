@@ -29,6 +29,7 @@ from pydantic import Field
 from watchdog.routers.base import (
     RouterConfigBase,
     RouterError,
+    ServerHealth,
     Weights,
     percentages,
     validate_weights,
@@ -234,6 +235,9 @@ class NginxRouter:
         result = await _run(self.test_command, self.timeout)
         if not result.ok:
             raise RouterError(f"{self.test_command} failed: {result.detail}")
+
+    async def health(self) -> dict[str, ServerHealth]:
+        return {}  # no active checks: a failing server is seen by the rules, not here
 
     async def settle(self) -> None:
         return None  # nothing of this router's outlives a switch

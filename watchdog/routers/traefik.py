@@ -28,6 +28,7 @@ import yaml
 from watchdog.routers.base import (
     RouterConfigBase,
     RouterError,
+    ServerHealth,
     Weights,
     percentages,
     validate_weights,
@@ -169,6 +170,9 @@ class TraefikRouter:
         self.file.check_writable()
         if self.path.exists():
             await self.get_weights()
+
+    async def health(self) -> dict[str, ServerHealth]:
+        return {}  # no active checks: a failing server is seen by the rules, not here
 
     async def settle(self) -> None:
         return None  # nothing of this router's outlives a switch
