@@ -109,8 +109,7 @@ class Daemon:
                 await runtime.router.close()
         for task in list(self._tasks):
             task.cancel()
-        for source in self.rules.sources.values():
-            await source.close()
+        await self.rules.close()
         await self.notifier.close()
         if self.access_log is not None:
             await self.access_log.stop()

@@ -110,6 +110,10 @@ class RuleManager:
         rule = next((r for r in self.loaded.rules if r.name == name), None)
         return str(rule.on_fire) if rule is not None else "notify"
 
+    async def close(self) -> None:
+        for source in self.sources.values():
+            await source.close()
+
     # ------------------------------------------------------------ measuring
 
     async def measure(self, site: str, target: Target, phase: str) -> dict[str, RuleView]:
