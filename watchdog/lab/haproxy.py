@@ -2,8 +2,8 @@
 
 The generated config is the shipped `deploy/haproxy/haproxy.cfg` in miniature: an admin stats
 socket (and a user-level one, to test refusals), the Prometheus exporter, cookie stickiness,
-`option redispatch`, a server-state-file loaded on reload, and optionally access logs to a
-syslog port.
+`option redispatch`, a server-state-file loaded on reload, the health check with a Host header
+(Odoo answers 500 without one), and optionally access logs to a syslog port.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ frontend odoo
 backend {backend}
     balance roundrobin
     cookie SERVERID insert indirect nocache
-    option httpchk GET /web/health
+    option httpchk
+    http-check send meth GET uri /web/health ver HTTP/1.1 hdr Host localhost
     server odoo-blue 127.0.0.1:{blue_port} weight {blue_weight} cookie blue check inter 1s
     server odoo-green 127.0.0.1:{green_port} weight {green_weight} cookie green check inter 1s
 
