@@ -51,7 +51,8 @@ class Daemon:
         self.alerts = AlertBook()
         self.access_log = AccessLogReceiver.from_config(loaded.config, self.metrics)
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
-        self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent))
+        self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent),
+                                        clock)
         self.rules = RuleManager(loaded, create_all(loaded.config), self.metrics,
                                  self.notifier.post, clock)
         self.sites: dict[str, SiteRuntime] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ def payload(target: Target, message: Message) -> dict[str, Any]:
 
 
 class Notifier:
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, targets: list[Target], clock: Callable[[], float] = time.time) -> None:
         self.targets = targets
+        self.clock = clock
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
         self.sent = 0
         self.failed = 0
@@ -84,7 +86,7 @@ class Notifier:
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
                 self.dropped += 1
-        self.queue.put_nowait(Message(site, kind, text, time.time(), details))
+        self.queue.put_nowait(Message(site, kind, text, self.clock(), details))
 
     async def _worker(self) -> None:
         self._session = aiohttp.ClientSession()
