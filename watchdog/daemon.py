@@ -45,9 +45,8 @@ class Daemon:
     def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.metrics = Metrics()
-        state_dir = loaded.config.state_dir
-        self.store = Store(state_dir if state_dir.is_absolute()
-                           else loaded.path.parent / state_dir, clock)
+        # Relative to the config's folder (`/` keeps an absolute state_dir as it is).
+        self.store = Store(loaded.path.parent / loaded.config.state_dir, clock)
         self.alerts = AlertBook()
         self.access_log = AccessLogReceiver.from_config(loaded.config, self.metrics)
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
