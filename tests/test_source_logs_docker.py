@@ -39,12 +39,26 @@ pytestmark = [
     pytest.mark.skipif(UNAVAILABLE is not None, reason=f"docker: {UNAVAILABLE}"),
 ]
 
-ERROR = odoo_line("ERROR", "Exception during request handling.")
-CRITICAL = odoo_line("CRITICAL", "Failed to initialize database `odoo`.", name="odoo.service")
-INFO_SAYS_ERROR = odoo_line(
-    "INFO", "Nightly report: ERROR count is 0, no ERROR found", name="odoo.addons.report")
-INFO = odoo_line("INFO", '127.0.0.1 - - "GET /web/health HTTP/1.1" 200 - 1 0.001 0.002',
-                 name="werkzeug")
+# Lines stamped when they are written, as Odoo's are: the source drops a line whose own stamp is
+# more than a few seconds from docker's (RecordChecks in watchdog/sources/logcount.py).
+
+
+def ERROR() -> str:
+    return odoo_line("ERROR", "Exception during request handling.")
+
+
+def CRITICAL() -> str:
+    return odoo_line("CRITICAL", "Failed to initialize database `odoo`.", name="odoo.service")
+
+
+def INFO_SAYS_ERROR() -> str:
+    return odoo_line("INFO", "Nightly report: ERROR count is 0, no ERROR found",
+                     name="odoo.addons.report")
+
+
+def INFO() -> str:
+    return odoo_line("INFO", '127.0.0.1 - - "GET /web/health HTTP/1.1" 200 - 1 0.001 0.002',
+                     name="werkzeug")
 
 
 def rule(window: str = "5m", max_: float = 10) -> LogsRule:
@@ -100,16 +114,17 @@ async def test_counts_are_exact_for_0_10_and_10000_lines_per_tick(
     r = rule()
     assert await value(source, r, container.name) == 0
 
-    container.emit([(INFO, 20)])  # 0 matching lines in this tick
+    container.emit([(INFO(), 20)])  # 0 matching lines in this tick
     m = await source.measure(r, target(container.name))
     assert (m.value, read_count(m)) == (0, 21)  # 20 and the sentinel
 
-    container.emit([(ERROR, 10), (INFO_SAYS_ERROR, 10)])
+    container.emit([(ERROR(), 10), (INFO_SAYS_ERROR(), 10)])
     m = await source.measure(r, target(container.name))
     assert (m.value, read_count(m)) == (10, 21)
     assert m.detail.startswith("10 matching lines in 5m (21 read) from container ")
 
-    container.emit([(ERROR, 5_000), (INFO, 5_000), (CRITICAL, 5_000), (INFO_SAYS_ERROR, 5_000)])
+    container.emit([(ERROR(), 5_000), (INFO(), 5_000), (CRITICAL(), 5_000),
+                    (INFO_SAYS_ERROR(), 5_000)])
     m = await source.measure(r, target(container.name))
     assert (m.value, read_count(m)) == (10_010, 20_001)
 
@@ -125,8 +140,8 @@ async def test_info_lines_that_mention_error_do_not_count(
 ) -> None:
     r = rule()
     await value(source, r, container.name)
-    container.emit([(INFO_SAYS_ERROR, 50), (odoo_line("WARNING", "ERROR ERROR"), 5),
-                    (odoo_line("INFO", "CRITICAL: nothing"), 5), (ERROR, 1)])
+    container.emit([(INFO_SAYS_ERROR(), 50), (odoo_line("WARNING", "ERROR ERROR"), 5),
+                    (odoo_line("INFO", "CRITICAL: nothing"), 5), (ERROR(), 1)])
     assert await value(source, r, container.name) == 1
 
 
@@ -141,7 +156,7 @@ async def test_a_traceback_counts_once(source: LogsSource, container: LogContain
     ]
     batches = []
     for _ in range(3):
-        batches.append((ERROR, 1))
+        batches.append((ERROR(), 1))
         batches.extend((frame, 1) for frame in frames)
     container.emit(batches)
     assert await value(source, r, container.name) == 3
@@ -156,8 +171,9 @@ async def test_lines_written_while_reading_on_both_streams_are_counted_exactly(
     script = f"""
 i=0
 while [ $i -lt {batches} ]; do
-  awk -v b=$i 'BEGIN {{ for (j = 0; j < {per_batch}; j++) {{
-    l = "2026-11-27 10:00:00,000 4242 ERROR odoo odoo.http: batch " b " line " j
+  ts=$(date +"%Y-%m-%d %H:%M:%S")  # stamped as written, as Odoo's lines are
+  awk -v b=$i -v ts="$ts" 'BEGIN {{ for (j = 0; j < {per_batch}; j++) {{
+    l = ts ",000 4242 ERROR odoo odoo.http: batch " b " line " j
     if (j % 2) print l > "/dev/stderr"; else print l }} }}'
   usleep 1000
   i=$((i+1))
@@ -192,11 +208,11 @@ async def test_a_restart_in_the_middle_of_the_window(
 ) -> None:
     r = rule()
     await value(source, r, container.name)
-    container.emit([(ERROR, 5), (INFO, 5)])
+    container.emit([(ERROR(), 5), (INFO(), 5)])
     assert await value(source, r, container.name) == 5
-    container.emit([(ERROR, 2)])  # written, not read yet
+    container.emit([(ERROR(), 2)])  # written, not read yet
     container.restart()
-    container.emit([(ERROR, 3), (INFO, 3)])
+    container.emit([(ERROR(), 3), (INFO(), 3)])
     m = await source.measure(r, target(container.name))
     assert m.value == 10, m.detail
     assert "re-created" not in m.detail  # same container, same log
@@ -212,7 +228,7 @@ async def test_a_removed_container_is_an_error_and_a_recreated_one_is_read_again
     first = LogContainer(docker_client, name).start()
     try:
         await value(source, r, name)
-        first.emit([(ERROR, 4)])
+        first.emit([(ERROR(), 4)])
         assert await value(source, r, name) == 4
     finally:
         first.remove()
@@ -224,11 +240,11 @@ async def test_a_removed_container_is_an_error_and_a_recreated_one_is_read_again
     assert status.state is State.HOLDING  # no_data: hold
 
     with LogContainer(docker_client, name) as second:
-        second.emit([(ERROR, 2), (INFO, 2)])
+        second.emit([(ERROR(), 2), (INFO(), 2)])
         m = await source.measure(r, target(name))
         assert m.value == 2, m.detail  # the old container's errors are not the new one's
         assert "re-created" in m.detail
-        second.emit([(ERROR, 1)])
+        second.emit([(ERROR(), 1)])
         assert await value(source, r, name) == 3
 
 
@@ -240,7 +256,7 @@ async def test_a_container_that_never_existed_is_an_error(source: LogsSource) ->
 async def test_measure_all_runs_docker_rules_with_the_others(
     source: LogsSource, container: LogContainer
 ) -> None:
-    container.emit([(ERROR, 3)])
+    container.emit([(ERROR(), 3)])
     rules = [rule(), LogsRule.model_validate(
         {"name": "log_warnings", "source": "logs", "max": 0,
          "pattern": r"^\S+ \S+ \d+ WARNING "})]
@@ -262,7 +278,7 @@ async def test_dockerd_stopped_is_an_error_and_the_rule_holds(tmp_path: Path) ->
         r = rule()
         try:
             await value(source, r, box.name)
-            box.emit([(ERROR, 3), (INFO, 3)])
+            box.emit([(ERROR(), 3), (INFO(), 3)])
             m = await source.measure(r, target(box.name))
             assert m.value == 3
             status = evaluate(r, RuleStatus(), m, now=100.0)

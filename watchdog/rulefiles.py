@@ -109,6 +109,9 @@ class LogsRule(RuleBase):
     source: Literal["logs"]
     pattern: str = DEFAULT_LOG_PATTERN
     window: Duration = Field(300.0, gt=0)
+    # Count only lines that are records Odoo wrote (not lines forged inside a failed-login
+    # record's raw login): watchdog/sources/logcount.py RecordChecks, README "Log transports".
+    record_checks: bool = True
 
     @field_validator("pattern")
     @classmethod

@@ -35,15 +35,17 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from watchdog.sources.logcount import (
     TS_LEN,
     ReadResult,
+    RecordChecks,
     SecondRing,
     decode,
-    docker_lines,
+    docker_clock,
+    docker_hits,
     utc_second,
 )
 
@@ -54,6 +56,7 @@ TAIL_MIN = 1_000  # docker: later reads ask for this many lines and 1.25 times t
 TAIL_FIRST_MAX = 200_000  # the first read of a container never asks for more lines
 TAIL_ALL = 4_000_000  # a larger tail asks for all lines instead
 REREAD_US = 100_000  # docker: microseconds asked for before the cursor's line
+STARTUP_WINDOW = 120  # seconds after a container's start in which its start-up lines are read
 _DOCKER_TS = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
 
 
@@ -67,6 +70,8 @@ class DockerCursor:
     floor_us: int = 0  # without a line read yet: every line stamped from then on is new
     read_us: int = 0  # when the previous read began (0: none yet)
     rate: float = 0.0  # lines per second in the previous read: the next tail's guess
+    checks: RecordChecks | None = field(default_factory=RecordChecks)  # None: every line
+    started_at: str | None = None  # State.StartedAt whose start-up lines were read
 
     def reset(self, container_id: str) -> None:
         self.container_id = container_id
@@ -75,6 +80,9 @@ class DockerCursor:
         self.floor_us = self.read_us = 0
         self.rate = 0.0
         self.ring.clear()
+        self.started_at = None
+        if self.checks is not None:
+            self.checks = RecordChecks()
 
     def close(self) -> None:
         pass
@@ -147,6 +155,10 @@ class DockerReader:
             if cursor.container_id is not None:
                 result.notes.append(f"container re-created (now {cid[:12]})")
             cursor.reset(cid)
+        started = str(info.get("State", {}).get("StartedAt") or "")
+        if cursor.checks is not None and started and started != cursor.started_at:
+            self._startup(api, cid, started, cursor.checks)
+            cursor.started_at = started
         read_us = int(time.time() * 1_000_000)  # docker stamps lines by the real clock
         window_us = floor_window * 1_000_000
         first = cursor.read_us == 0
@@ -205,12 +217,12 @@ class DockerReader:
             if cursor.last_ts is None:
                 cursor.floor_us = max(since_us, read_us - REREAD_US)
             return
-        lines, hits = docker_lines(search, decode(new))
-        result.read += lines
+        lines, counted = docker_hits(search, decode(new), cursor.checks)
+        result.read += len(lines)
         floor_now = math.floor(now)
         ring = cursor.ring
-        for line in hits:
-            second = utc_second(line[:19])
+        for i in counted:
+            second = utc_second(lines[i][:19])
             if second is not None and second >= floor_window:
                 ring.add(min(second, floor_now))
         last_start = new.rfind(b"\n", 0, len(new) - 1) + 1
@@ -220,6 +232,19 @@ class DockerReader:
         cursor.last_ts = stamp
         cursor.at_last = _count_at_line_start(data, stamp)
 
+
+    def _startup(self, api: Any, cid: str, started: str, checks: RecordChecks) -> None:
+        """Teach `checks` the pids of the start-up lines of the container's latest start
+        (its first `STARTUP_WINDOW` seconds), which a first read of the last window misses
+        when the container has run for longer."""
+        second = utc_second(started[:19])
+        if second is None or started.startswith("0001-"):
+            return
+        data: bytes = api.logs(cid, stdout=True, stderr=True, timestamps=True,
+                               since=second, until=second + STARTUP_WINDOW)
+        text = decode(data)
+        lines = text.split("\n")
+        checks.learn(text, [line[TS_LEN + 1:] for line in lines], docker_clock(lines))
 
     def close(self) -> None:
         client, self._client = self._client, None

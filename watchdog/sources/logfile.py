@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.sources.logcount import EpochCache, ReadResult, SecondRing, decode, plain_lines
+from watchdog.sources.logcount import (
+    EpochCache,
+    ReadResult,
+    RecordChecks,
+    SecondRing,
+    decode,
+    plain_hits,
+)
 
 __all__ = ["BACKLOG_BYTES", "ROTATE_WAIT", "FileCursor", "FileReader"]
 
@@ -57,6 +64,7 @@ class FileCursor:
     current: _Open | None = None
     rotated: list[_Open] = field(default_factory=list)
     started: bool = False  # False until the first tick has looked at the file
+    checks: RecordChecks | None = field(default_factory=RecordChecks)  # None: every line
 
     def close(self) -> None:
         for f in [*self.rotated, *([self.current] if self.current else [])]:
@@ -91,14 +99,14 @@ class FileReader:
                 cursor.ring.add(second, hits)
 
         for old in list(cursor.rotated):
-            self._drain(old, search, arrived, result, deadline)
+            self._drain(old, search, arrived, result, deadline, cursor.checks)
             if now >= old.until:
                 with contextlib.suppress(OSError):
                     os.close(old.fd)
                 cursor.rotated.remove(old)
         current = cursor.current
         if current is not None:
-            self._drain(current, search, arrived, result, deadline)
+            self._drain(current, search, arrived, result, deadline, cursor.checks)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -131,7 +139,7 @@ class FileReader:
         if first_tick and st.st_size > 0:
             self._backlog(cursor, opened, st, search, window, result, now)
         # else a file that appeared since the first tick: all of it is new.
-        self._drain(opened, search, arrived, result, deadline)
+        self._drain(opened, search, arrived, result, deadline, cursor.checks)
         return result
 
     def _backlog(
@@ -151,8 +159,10 @@ class FileReader:
             data = data[:cut]
         if not data:
             return
-        lines, hits = plain_lines(search, decode(data[:-1]))
-        result.read += lines
+        text = decode(data[:-1])
+        all_lines, found = plain_hits(search, text, cursor.checks)
+        hits = [all_lines[i] for i in found]
+        result.read += len(all_lines)
         local = EpochCache(local=True)
         newest = None
         for line in reversed(data[-65536:].decode("utf-8", "replace").split("\n")):
@@ -176,7 +186,7 @@ class FileReader:
 
     def _drain(
         self, f: _Open, search: Callable[[str], Any], arrived: Callable[[int, int], None],
-        result: ReadResult, deadline: float,
+        result: ReadResult, deadline: float, checks: RecordChecks | None,
     ) -> None:
         """Read `f` from its offset to its end; rewritten from the start when truncated."""
         st = os.fstat(f.fd)
@@ -189,8 +199,8 @@ class FileReader:
         if len(f.head) < 128:
             f.head = os.pread(f.fd, 128, 0)
         def scan(data: bytes) -> None:
-            lines, hits = plain_lines(search, decode(data))
-            arrived(lines, len(hits))
+            lines, hits = plain_hits(search, decode(data), checks)
+            arrived(len(lines), len(hits))
 
         while True:
             if time.monotonic() > deadline:

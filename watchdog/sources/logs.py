@@ -102,7 +102,8 @@ class LogsSource:
             return Measurement.failed(
                 f"site {target.site} colour {target.color} has neither container nor log_file",
                 started, time.time())
-        key = (rule.name, rule.pattern, rule.window, target.site, target.color, *key)
+        key = (rule.name, rule.pattern, rule.window, rule.record_checks, target.site,
+               target.color, *key)
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
@@ -149,6 +150,8 @@ class LogsSource:
                     result = self._files.read(cursor, search, rule.window)
                 except OSError as exc:
                     result = ReadResult(error=f"cannot read: {exc.strerror or exc}")
+            if cursor.checks is not None:
+                result.notes.extend(cursor.checks.take_notes())
             now = self.clock()
             state.used = time.monotonic()
             if result.error is not None:
@@ -175,6 +178,8 @@ class LogsSource:
                 else:
                     assert target.log_file is not None
                     cursor = FileCursor(Path(target.log_file), ring)
+                if not rule.record_checks:
+                    cursor.checks = None
                 state = self._states[key] = _State(cursor, used=time.monotonic(),
                                                    window=rule.window)
             return state
