@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -54,7 +55,9 @@ def log_records(path: Path) -> list[dict[str, str]]:
     for line in path.read_text().splitlines():
         m = LOG_LINE.match(line)
         if m:
-            out.append(m.groupdict())
+            record = m.groupdict()
+            record["msg"] = record["msg"].removesuffix(" ")  # the empty perf_info's space
+            out.append(record)
     return out
 
 
@@ -111,16 +114,17 @@ def test_process_health_and_colour_headers(proc: StandinProcess) -> None:
     assert headers["X-Odoo-Color"] == "blue"
     assert headers["X-Odoo-Version"] == "17.0"
 
+    # 17 has no db check: the parameter is ignored (18's is tested with the per-version tests).
     status, _, body = http_get(f"{proc.url}/web/health?db_server_status=1")
     assert status == 200
-    assert json.loads(body) == {"status": "pass", "db_server_status": True}
+    assert json.loads(body) == {"status": "pass"}
 
 
 @pytest.mark.lab
 def test_process_xmlrpc_crud_roundtrip(proc: StandinProcess) -> None:
     common = f"{proc.url}/xmlrpc/2/common"
     version = xml_call(common, "version")
-    assert version["server_version"] == "17.0"
+    assert version["server_version"] == "17.0-20250225"  # a packaged build's, with its date
     assert version["server_version_info"] == [17, 0, 0, "final", 0, ""]
     assert version["protocol_version"] == 1
     uid = xml_call(common, "authenticate", "odoo", "admin", "admin", {})
@@ -184,7 +188,11 @@ def test_process_xmlrpc_faults(proc: StandinProcess) -> None:
 @pytest.mark.lab
 def test_process_access_log_lines_are_odoo_format(proc: StandinProcess) -> None:
     http_get(f"{proc.url}/web/health?probe=format")
-    records = [r for r in log_records(proc.log_file) if "probe=format" in r["msg"]]
+    records = [
+        r
+        for r in log_records(proc.log_file)
+        if "probe=format" in r["msg"] and r["name"] == "werkzeug"  # not 17's "ignoring args"
+    ]
     assert len(records) == 1
     rec = records[0]
     assert rec["pid"] == str(proc.pid)
@@ -276,6 +284,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
 
     async def make(**settings: Any) -> Client:
         settings.setdefault("log_file", tmp_path / f"odoo-{len(clients)}.log")
+        settings.setdefault("password_cost", 0.0)  # the test of the cost sets it
         client: Client = TestClient(TestServer(create_app(StandinSettings(**settings))))
         await client.start_server()
         clients.append(client)
@@ -316,27 +325,39 @@ async def test_login_page(client: Client) -> None:
     assert resp.headers["X-Frame-Options"] == "SAMEORIGIN"
 
 
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def login_form(client: Client, login: str, password: str) -> dict[str, str]:
+    """The login form as a browser posts it: GET the page (its session cookie stays in the
+    client's jar) for the CSRF token, then the fields."""
+    page = await client.get("/web/login")
+    match = CSRF.search(await page.text())
+    assert match is not None
+    return {"csrf_token": match[1], "login": login, "password": password}
+
+
 async def test_login_post_redirects_or_says_wrong_password(make_client: MakeClient) -> None:
     v17 = await make_client()
     resp = await v17.post(
-        "/web/login", data={"login": "admin", "password": "admin"}, allow_redirects=False
+        "/web/login", data=await login_form(v17, "admin", "admin"), allow_redirects=False
     )
     assert resp.status == 303
-    assert resp.headers["Location"] == "/web"
+    assert resp.headers["Location"] == str(v17.make_url("/web"))  # 17: absolute
     sid = resp.cookies["session_id"].value
     assert len(sid) > 40
     home = await v17.get("/web", allow_redirects=False, cookies={"session_id": sid})
     assert home.status == 200
 
     bad = await v17.post(
-        "/web/login", data={"login": "admin", "password": "nope"}, allow_redirects=False
+        "/web/login", data=await login_form(v17, "admin", "nope"), allow_redirects=False
     )
     assert bad.status == 200
     assert "Wrong login/password" in await bad.text()
 
     v18 = await make_client(version="18.0")
     resp = await v18.post(
-        "/web/login", data={"login": "admin", "password": "admin"}, allow_redirects=False
+        "/web/login", data=await login_form(v18, "admin", "admin"), allow_redirects=False
     )
     assert (resp.status, resp.headers["Location"]) == (303, "/odoo")
 
@@ -345,7 +366,7 @@ async def test_version_info(client: Client) -> None:
     _, body = await rpc(client, "/web/webclient/version_info", {})
     assert body["jsonrpc"] == "2.0" and body["id"] == 7
     assert body["result"] == {
-        "server_version": "17.0",
+        "server_version": "17.0-20250225",
         "server_version_info": [17, 0, 0, "final", 0, ""],
         "server_serie": "17.0",
         "protocol_version": 1,
@@ -484,7 +505,8 @@ async def test_down_answers_503_everywhere_until_reset(client: Client) -> None:
     assert (await client.get("/web/health")).status == 200
 
 
-async def test_db_down_fails_db_health_and_authentication(client: Client) -> None:
+async def test_db_down_fails_db_health_and_authentication(make_client: MakeClient) -> None:
+    client = await make_client(version="18.0")  # 18 has the db check; 17 ignores it (below)
     await client.post("/__lab__/faults", json={"db_down": True})
     resp = await client.get("/web/health", params={"db_server_status": "1"})
     assert resp.status == 500
@@ -596,7 +618,7 @@ async def test_log_file_gets_login_lines(make_client: MakeClient, tmp_path: Path
     log = tmp_path / "auth.log"
     client = await make_client(log_file=log)
     await client.post(
-        "/web/login", data={"login": "admin", "password": "nope"}, allow_redirects=False
+        "/web/login", data=await login_form(client, "admin", "nope"), allow_redirects=False
     )
     records = log_records(log)
     failed = [r for r in records if r["msg"].startswith("Login failed for db:odoo login:admin")]
@@ -617,11 +639,13 @@ def test_partner_domains_order_and_active() -> None:
     )
 
     def call(method: str, *args: Any, **kw: Any) -> Any:
-        return backend.dispatch(
-            "object",
-            "execute_kw",
-            ["odoo", 2, "admin", "res.partner", method, list(args), kw],
-            "127.0.0.1",
+        return asyncio.run(
+            backend.dispatch(
+                "object",
+                "execute_kw",
+                ["odoo", 2, "admin", "res.partner", method, list(args), kw],
+                "127.0.0.1",
+            )
         )
 
     a = call("create", {"name": "Alpha", "email": "a@x.org"})
@@ -640,3 +664,336 @@ def test_partner_domains_order_and_active() -> None:
         call("search", [("nope", "=", 1)])
     with pytest.raises(ServerError):
         call("search", [("name", "~", "x")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per version, as real Odoo 17 and 18 were seen to answer (issue 9; docs in watchdog/lab/standin)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, StandinProcess]]:
+    """A 17.0 and an 18.0 stand-in process, with the real password cost."""
+    workdir = tmp_path_factory.mktemp("versions")
+    procs = {
+        17: StandinProcess("blue", workdir, version="17.0"),
+        18: StandinProcess("green", workdir, version="18.0"),
+    }
+    for proc in procs.values():
+        proc.start()
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture
+def v17(versions: dict[int, StandinProcess]) -> Iterator[StandinProcess]:
+    clear_faults(versions[17].url)
+    yield versions[17]
+    clear_faults(versions[17].url)
+
+
+@pytest.fixture
+def v18(versions: dict[int, StandinProcess]) -> Iterator[StandinProcess]:
+    clear_faults(versions[18].url)
+    yield versions[18]
+    clear_faults(versions[18].url)
+
+
+def raw_http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes, bool]:
+    """One request written on a socket: (status line, headers, body, closed by the server)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        while len(body) < int(headers.get("Content-Length", 0)):
+            body += sock.recv(65536)
+        sock.settimeout(2)
+        closed = sock.recv(1) == b""
+    return lines[0], headers, body, closed
+
+
+def http_request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, bytes]:
+    """One request that follows no redirect: (status, headers, body)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with opener.open(req, timeout=5) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers, exc.read()
+
+
+def new_lines(path: Path, since: int) -> list[dict[str, str]]:
+    return log_records(path)[since:]
+
+
+def exceptions_logged(records: list[dict[str, str]]) -> int:
+    return sum(
+        1
+        for r in records
+        if r["level"] == "ERROR" and r["msg"].startswith("Exception during request handling.")
+    )
+
+
+@pytest.mark.lab
+def test_db_server_status_is_ignored_by_17_and_honoured_by_18(
+    v17: StandinProcess, v18: StandinProcess
+) -> None:
+    mark = len(log_records(v17.log_file))
+    status, _, body = http_get(f"{v17.url}/web/health?db_server_status=1")
+    assert (status, json.loads(body)) == (200, {"status": "pass"})
+    [warning] = [r for r in new_lines(v17.log_file, mark) if r["level"] == "WARNING"]
+    assert warning["msg"] == (
+        "<function odoo.addons.web.controllers.home.health> called ignoring args "
+        "{'db_server_status'}"
+    )
+    status, _, body = http_get(f"{v18.url}/web/health?db_server_status=1")
+    assert (status, json.loads(body)) == (200, {"status": "pass", "db_server_status": True})
+
+    set_faults(v17.url, db_down=True)
+    set_faults(v18.url, db_down=True)
+    status, _, body = http_get(f"{v17.url}/web/health?db_server_status=1")
+    assert (status, json.loads(body)) == (200, {"status": "pass"})  # 17 cannot tell
+    status, headers, body = http_get(f"{v18.url}/web/health?db_server_status=1")
+    assert (status, json.loads(body)) == (500, {"status": "fail", "db_server_status": False})
+    assert headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("major", [17, 18])
+def test_postgresql_down_login_redirects_to_itself_and_version_still_answers(
+    versions: dict[int, StandinProcess], major: int
+) -> None:
+    proc = versions[major]
+    clear_faults(proc.url)
+    set_faults(proc.url, db_down=True)
+    try:
+        mark = len(log_records(proc.log_file))
+        url = f"{proc.url}/web/login?redirect=%2Fweb"
+        status, headers, _ = http_request(url)
+        assert status == 302  # not 500: Odoo falls back to no database, then ensure_db()
+        assert headers["Location"] == url  # this very URL, absolute on both versions
+        assert "session_id=" in headers["Set-Cookie"]
+        status, _, body = http_request(f"{proc.url}/web/health")
+        assert (status, json.loads(body)) == (200, {"status": "pass"})
+        version = xml_call(f"{proc.url}/xmlrpc/2/common", "version")
+        assert version["server_version_info"][0] == major
+        assert exceptions_logged(new_lines(proc.log_file, mark)) == 0
+        failed = [r for r in new_lines(proc.log_file, mark) if r["name"] == "odoo.sql_db"]
+        assert failed and failed[0]["msg"] == "Connection to the database failed"
+        assert {r["level"] for r in failed} == {"INFO"}
+
+        status, _, _ = http_request(f"{proc.url}/web")  # the one path Odoo lets fail
+        assert status == 500
+        assert exceptions_logged(new_lines(proc.log_file, mark)) == 1
+    finally:
+        clear_faults(proc.url)
+
+
+XMLRPC_FAULTS: list[tuple[str, str, tuple[Any, ...]]] = [
+    # (service, method, params)
+    ("object", "execute_kw", ("odoo", 2, "admin", "res.partner", "frobnicate", [[]])),
+    ("object", "execute_kw", ("odoo", 2, "admin", "res.partner", "search", [[("nope", "=", 1)]])),
+    ("object", "execute_kw", ("odoo", 2, "admin", "res.partner", "search", [["&"]])),
+    ("object", "execute_kw", ("other", 2, "admin", "res.partner", "search", [[]])),
+]
+
+
+@pytest.mark.lab
+def test_18_logs_xmlrpc_faults_with_a_traceback_and_17_logs_none(
+    v17: StandinProcess, v18: StandinProcess
+) -> None:
+    for major, proc in ((17, v17), (18, v18)):
+        mark = len(log_records(proc.log_file))
+        for service, method, params in XMLRPC_FAULTS:
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                xml_call(f"{proc.url}/xmlrpc/2/{service}", method, *params)
+            assert fault.value.faultCode == 1
+        status, _, body = http_request(
+            f"{proc.url}/xmlrpc/2/object", b"<methodCall><oops", {"Content-Type": "text/xml"}
+        )
+        assert status == 200 and b"<fault>" in body  # malformed XML: a fault too
+        logged = exceptions_logged(new_lines(proc.log_file, mark))
+        assert logged == (0 if major == 17 else len(XMLRPC_FAULTS) + 1), major
+        if major == 18:
+            lines = proc.log_file.read_text().splitlines()
+            last = max(i for i, line in enumerate(lines) if "Exception during request" in line)
+            assert lines[last + 1] == "Traceback (most recent call last):"
+
+        # A create that breaks a constraint: odoo.sql_db logs the bad query, on both.
+        mark = len(log_records(proc.log_file))
+        with pytest.raises(xmlrpc.client.Fault) as fault:
+            xml_call(
+                f"{proc.url}/xmlrpc/2/object",
+                "execute_kw", "odoo", 2, "admin", "res.partner", "create", [{"email": "x@y"}],
+            )
+        assert fault.value.faultCode == 2
+        assert "Contacts require a name" in fault.value.faultString
+        errors = [r for r in new_lines(proc.log_file, mark) if r["level"] == "ERROR"]
+        assert [(r["db"], r["name"]) for r in errors] == [("odoo", "odoo.sql_db")], major
+        assert errors[0]["msg"].startswith('bad query: INSERT INTO "res_partner"')
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("path", ["/web/login", "/web/health"])
+def test_post_without_a_csrf_token_is_400(v18: StandinProcess, path: str) -> None:
+    mark = len(log_records(v18.log_file))
+    status, headers, body = http_request(
+        f"{v18.url}{path}",
+        b"login=admin&password=admin",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 400
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b"<p>Session expired (invalid CSRF token)</p>" in body
+    [warning] = [r for r in new_lines(v18.log_file, mark) if r["level"] == "WARNING"]
+    assert warning["msg"] == f"No CSRF validation token provided for path {path!r}"
+
+
+@pytest.mark.lab
+def test_no_keep_alive_http10_on_17_and_connection_close_on_18(
+    v17: StandinProcess, v18: StandinProcess
+) -> None:
+    request = b"GET /web/health HTTP/1.1\r\nHost: odoo\r\n\r\n"
+    status, headers, body, closed = raw_http(v17.port, request)
+    assert status == "HTTP/1.0 200 OK"
+    assert "Connection" not in headers and closed
+    assert headers["Server"].startswith("Werkzeug/2.0")
+    status, headers, body, closed = raw_http(v18.port, request)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["Connection"] == "close" and closed
+    assert json.loads(body) == {"status": "pass"}
+    # The access line shows the request line as the client sent it.
+    access = [r for r in log_records(v17.log_file) if r["name"] == "werkzeug"]
+    assert '"GET /web/health HTTP/1.1" 200' in access[-1]["msg"]
+
+
+@pytest.mark.lab
+def test_17_redirects_are_absolute_and_has_no_odoo_route(
+    v17: StandinProcess, v18: StandinProcess
+) -> None:
+    status, headers, _ = http_request(f"{v17.url}/")
+    assert (status, headers["Location"]) == (303, f"{v17.url}/web")
+    status, headers, _ = http_request(f"{v17.url}/web")
+    assert (status, headers["Location"]) == (303, f"{v17.url}/web/login?redirect=%2Fweb%3F")
+    status, _, body = http_request(f"{v17.url}/odoo")
+    assert status == 404
+    assert body.startswith(b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">\n')
+
+    status, headers, _ = http_request(f"{v18.url}/")
+    assert (status, headers["Location"]) == (303, "/odoo")
+    status, headers, _ = http_request(f"{v18.url}/odoo")
+    assert (status, headers["Location"]) == (303, "/web/login?redirect=%2Fodoo%3F")
+
+
+@pytest.mark.lab
+def test_error_pages_are_werkzeugs_html(v17: StandinProcess, v18: StandinProcess) -> None:
+    status, headers, body = http_request(f"{v18.url}/no/such/page")
+    assert status == 404
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body == (
+        b"<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
+        b"<p>The requested URL was not found on the server. If you entered the URL manually "
+        b"please check your spelling and try again.</p>\n"
+    )
+    status, _, body = http_request(f"{v17.url}/web/webclient/version_info")  # a GET
+    assert status == 400
+    assert b"<title>400 Bad Request</title>" in body
+    assert b"is type=&#x27;json&#x27;." in body or b"is type='json'." in body
+    status, _, body = http_request(
+        f"{v17.url}/web/webclient/version_info", b"{nope", {"Content-Type": "application/json"}
+    )
+    assert (status, body) == (400, b"Invalid JSON data")
+    status, headers, body = http_request(f"{v17.url}/xmlrpc/2/common")  # a GET
+    assert status == 405 and headers["Allow"] == "POST"
+    assert b"<h1>Method Not Allowed</h1>" in body
+
+
+@pytest.mark.lab
+def test_json_content_type_and_the_session_cookie(v17: StandinProcess) -> None:
+    payload = json.dumps({"jsonrpc": "2.0", "id": 1, "params": {}}).encode()
+    status, headers, _ = http_request(
+        f"{v17.url}/web/webclient/version_info", payload, {"Content-Type": "application/json"}
+    )
+    assert status == 200
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    for cookie in (
+        headers["Set-Cookie"],
+        http_request(f"{v17.url}/web/login")[1]["Set-Cookie"],
+        http_request(f"{v17.url}/web")[1]["Set-Cookie"],
+    ):
+        assert cookie.startswith("session_id=")
+        attributes = cookie.lower()  # (their names are case-insensitive)
+        assert "expires=" in attributes and "max-age=604800" in attributes
+        assert "httponly" in attributes and "samesite" not in attributes
+    assert http_request(f"{v17.url}/web/health")[1]["Set-Cookie"] is None  # save_session=False
+
+
+@pytest.mark.lab
+def test_server_version_as_packaged_builds_report_it(
+    v17: StandinProcess, v18: StandinProcess
+) -> None:
+    for proc, version, info in (
+        (v17, "17.0-20250225", [17, 0, 0, "final", 0, ""]),
+        (v18, "18.0-20250421", [18, 0, 0, "final", 0, ""]),
+    ):
+        answer = xml_call(f"{proc.url}/xmlrpc/2/common", "version")
+        assert (answer["server_version"], answer["server_version_info"]) == (version, info)
+        assert answer["server_serie"] == version[:4]
+
+
+@pytest.mark.lab
+def test_read_of_a_missing_id_is_an_empty_list(v17: StandinProcess) -> None:
+    url = f"{v17.url}/xmlrpc/2/object"
+    assert xml_call(url, "execute_kw", "odoo", 2, "admin", "res.partner", "read", [[99999]]) == []
+    args = ("odoo", 2, "admin", "res.partner", "read", [[3, 99999]], {"fields": ["name"]})
+    [one] = xml_call(url, "execute_kw", *args)
+    assert one == {"id": 3, "name": "Administrator"}
+
+
+@pytest.mark.lab
+def test_log_lines_carry_dbname_none_or_question_mark_where_odoo_does(
+    v17: StandinProcess,
+) -> None:
+    records = log_records(v17.log_file)
+    assert records[0]["db"] == "?" and records[0]["msg"].startswith("Odoo version")
+    xml_call(f"{v17.url}/xmlrpc/2/common", "version")  # dispatch_rpc: dbname None
+    http_get(f"{v17.url}/web/health?probe=db")  # a request on the configured database
+    xml_call(f"{v17.url}/xmlrpc/2/common", "authenticate", "odoo", "nobody", "x", {})
+    access = [r for r in log_records(v17.log_file) if r["name"] == "werkzeug"][-3:]
+    assert [(r["db"], r["msg"].split('"')[1].split()[1]) for r in access] == [
+        ("None", "/xmlrpc/2/common"),
+        ("odoo", "/web/health?probe=db"),
+        ("odoo", "/xmlrpc/2/common"),  # the login opened the database
+    ]
+
+
+@pytest.mark.lab
+def test_a_password_check_costs_about_a_third_of_a_second(v17: StandinProcess) -> None:
+    common = f"{v17.url}/xmlrpc/2/common"
+
+    def timed(*params: Any) -> float:
+        t0 = time.perf_counter()
+        xml_call(common, "authenticate", *params)
+        return time.perf_counter() - t0
+
+    assert 0.3 <= timed("odoo", "admin", "admin", {}) < 1.0
+    assert 0.3 <= timed("odoo", "admin", "wrong", {}) < 1.0  # a wrong password as well
+    assert timed("odoo", "nobody", "admin", {}) < 0.2  # no such user: no hash to check

@@ -2,8 +2,13 @@
 
 - `health`: `GET /web/health` answers 200 with `{"status": "pass"}` (Odoo 16+).
 - `login`: `GET /web/login` answers 200 (the login page renders: database and assets load).
-- `rpc`: XML-RPC `common.version()` on `/xmlrpc/2/common` returns a server_version (the RPC
-  dispatcher that integrations and the mobile apps use works).
+- `rpc`: XML-RPC `common.version()` on `/xmlrpc/2/common` returns a version (the RPC
+  dispatcher that integrations and the mobile apps use works). The series comes from
+  `server_version_info` ([17, 0, 0, "final", 0, ""]); `server_version` is only shown, since a
+  packaged build reports it with its date ("18.0-20250421") and a SaaS one as "saas~17.4".
+
+Odoo keeps no connection open (16, 17 answer HTTP/1.0, 18, 19 `Connection: close`) and needs a
+Host header (without one it answers 500): aiohttp sends one and opens a connection a request.
 """
 
 from __future__ import annotations
@@ -65,10 +70,15 @@ async def check_rpc(session: aiohttp.ClientSession, url: str) -> tuple[bool, str
         answer = xmlrpc.client.loads(text)[0][0]
     except (xmlrpc.client.Fault, ValueError, IndexError, ExpatError) as exc:
         return False, f"/xmlrpc/2/common version() failed: {str(exc)[:120]}"
-    version = answer.get("server_version") if isinstance(answer, dict) else None
-    if not version:
-        return False, "/xmlrpc/2/common version() gave no server_version"
-    return True, f"XML-RPC version {version}"
+    if not isinstance(answer, dict):
+        return False, "/xmlrpc/2/common version() did not answer a struct"
+    info = answer.get("server_version_info")
+    if not isinstance(info, list) or len(info) < 2:
+        return False, "/xmlrpc/2/common version() gave no server_version_info"
+    series = f"{info[0]}.{info[1]}"
+    version = answer.get("server_version") or series
+    shown = series if version == series else f"{series} ({version})"
+    return True, f"XML-RPC version {shown}"
 
 
 CHECKS = {"health": check_health, "login": check_login, "rpc": check_rpc}

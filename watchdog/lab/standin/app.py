@@ -18,19 +18,24 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import HttpVersion10
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import generate_latest
 
 from watchdog.lab.standin.errors import OdooError, ServerError, format_traceback
 from watchdog.lab.standin.faults import FaultError, validate_faults
+from watchdog.lab.standin.log import CURRENT_DB
 from watchdog.lab.standin.responses import (
     error_page,
     jsonrpc_response,
     log_odoo_error,
+    set_session_cookie,
     xmlrpc_fault,
 )
 from watchdog.lab.standin.routes import (
+    ERROR_KEY,
+    SESSION_KEY,
     jsonrpc_endpoint,
     root,
     session_authenticate,
@@ -43,10 +48,10 @@ from watchdog.lab.standin.routes import (
     websocket_health,
     xmlrpc_endpoint,
 )
-from watchdog.lab.standin.state import STATE, Standin, StandinSettings
+from watchdog.lab.standin.state import PASSWORD_COST, STATE, Standin, StandinSettings
 
 DESCRIPTION = (
-    "The Odoo stand-in: an aiohttp app that speaks Odoo 17's HTTP and RPC surface on loopback."
+    "The Odoo stand-in: an aiohttp app that speaks Odoo 16-19's HTTP and RPC surface on loopback."
 )
 LAB_PREFIX = "/__lab__/"
 _JSON_ROUTES = {
@@ -56,6 +61,48 @@ _JSON_ROUTES = {
     "/jsonrpc",
 }
 _NO_DB_ROUTES = {"/web/health", "/websocket/health", "/web/webclient/version_info"}
+#: The routes that keep a session (`save_session=True`, Odoo's default): a request without a
+#: known session gets a new one, and its cookie.
+_SESSION_ROUTES = {
+    "/",
+    "/web",
+    "/web/login",
+    "/web/session/logout",
+    "/web/webclient/version_info",
+    "/web/session/authenticate",
+    "/web/session/get_session_info",
+}
+#: type='http' routes: an unsafe method needs a CSRF token of the session.
+_CSRF_ROUTES = {"/", "/web", "/web/login", "/web/session/logout", "/web/health",
+                "/websocket/health"}
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+#: The Server header of the official images' werkzeug and Python.
+_SERVER = {16: "Werkzeug/1.0.1 Python/3.9.2", 17: "Werkzeug/2.0.2 Python/3.10.12"}
+_SERVER_LATER = "Werkzeug/3.0.1 Python/3.12.3"
+_DOCS_SERIES = {16: "16.0", 17: "17.0", 18: "18.0"}
+_MISSING_CSRF = """\
+No CSRF validation token provided for path %r
+
+Odoo URLs are CSRF-protected by default (when accessed with unsafe
+HTTP methods). See
+https://www.odoo.com/documentation/%s/developer/reference/addons/http.html#csrf
+for more details.
+
+* if this endpoint is accessed through Odoo via py-QWeb form, embed a CSRF
+  token in the form, Tokens are available via `request.csrf_token()`
+  can be provided through a hidden input and must be POST-ed named
+  `csrf_token` e.g. in your form add:
+      <input type="hidden" name="csrf_token" t-att-value="request.csrf_token()"/>
+
+* if the form is generated or posted in javascript, the token value is
+  available as `csrf_token` on `web.core` and as the `csrf_token`
+  value in the default js-qweb execution context
+
+* if the form is accessed by an external third party (e.g. REST API
+  endpoint, payment gateway callback) you will need to disable CSRF
+  protection (and implement your own protection if necessary) by
+  passing the `csrf=False` parameter to the `route` decorator.
+"""
 
 # ---------------------------------------------------------------------------------------------
 # Lab control (not Odoo)
@@ -106,6 +153,7 @@ async def lab_info(request: web.Request) -> web.Response:
 
 def injected_error(request: web.Request, state: Standin, req_id: Any) -> web.Response:
     exc_line = f"RuntimeError: lab fault: injected server error on {request.method} {request.path}"
+    CURRENT_DB.set(state.settings.db)  # as an exception in a request on the database
     state.log_exception(format_traceback(exc_line))
     if request.path in _JSON_ROUTES:
         err = ServerError("builtins.RuntimeError", exc_line.split(": ", 1)[1])
@@ -113,20 +161,38 @@ def injected_error(request: web.Request, state: Standin, req_id: Any) -> web.Res
     if request.path.startswith("/xmlrpc/"):
         err = ServerError("builtins.RuntimeError", exc_line.split(": ", 1)[1])
         return web.Response(status=500, text=xmlrpc_fault(err), content_type="text/xml")
-    return error_page(500)
+    return error_page(500, major=state.settings.major)
 
 
-def access_log(request: web.Request, state: Standin, status: int, elapsed: float) -> None:
+def access_log(
+    request: web.Request, state: Standin, status: int, elapsed: float, version: str
+) -> None:
+    """werkzeug's line: the request line as the client sent it, then Odoo's perf info."""
     queries = 0 if request.path in _NO_DB_ROUTES else 3
     query_time = 0.0004 * queries
     perf = f"{queries} {query_time:.3f} {max(elapsed - query_time, 0.0):.3f}"
     stamp = time.strftime("%d/%b/%Y %H:%M:%S")
-    version = f"HTTP/{request.version.major}.{request.version.minor}"
     message = (
         f'{request.remote or "-"} - - [{stamp}] "{request.method} {request.raw_path} {version}" '
         f"{status} -"
     )
-    state.log.write("INFO", "werkzeug", message, dbname=state.settings.db, perf_info=perf)
+    state.log.write("INFO", "werkzeug", message, perf_info=perf)
+
+
+def no_keep_alive(request: web.Request, state: Standin, response: web.StreamResponse) -> None:
+    """Odoo's werkzeug server keeps no connection open: 16 and 17 (werkzeug 1.0, 2.0) answer
+    HTTP/1.0, 18 and 19 (werkzeug 3) HTTP/1.1 with `Connection: close`. And werkzeug before
+    2.1 made every Location absolute."""
+    settings = state.settings
+    location = response.headers.get("Location", "")
+    if settings.absolute_redirects and location.startswith("/"):
+        response.headers["Location"] = f"{request.scheme}://{request.host}{location}"
+    response.force_close()
+    if settings.http10:
+        # aiohttp writes the status line with the request's version (a cached property of
+        # the request): make it 1.0 to answer as HTTP/1.0.
+        request._version = HttpVersion10
+        request._cache["version"] = HttpVersion10
 
 
 @web.middleware
@@ -135,6 +201,8 @@ async def odoo_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response: web.StreamResponse = await handler(request)
         return response
     state = request.app[STATE]
+    CURRENT_DB.set("?")  # Odoo clears the thread's dbname as each request starts
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
     t0 = time.perf_counter()
     status = 500
     cancelled = False
@@ -143,7 +211,7 @@ async def odoo_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
         if faults.down:
-            response = error_page(503)
+            response = error_page(503, major=state.settings.major)
         elif faults.error_rate > 0 and random.random() < faults.error_rate:
             req_id = None
             if request.path in _JSON_ROUTES:
@@ -154,15 +222,13 @@ async def odoo_middleware(request: web.Request, handler: Handler) -> web.StreamR
         else:
             try:
                 response = await handler(request)
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
             except OdooError as err:  # an http route that let an Odoo error escape
                 log_odoo_error(state, err)
-                response = error_page(500)
+                response = error_page(500, major=state.settings.major)
             except Exception:
                 state.log_exception(traceback.format_exc())
-                response = error_page(500)
+                response = error_page(500, major=state.settings.major)
+        no_keep_alive(request, state, response)
         status = response.status
         return response
     except asyncio.CancelledError:  # the client went away: nothing was answered
@@ -170,7 +236,59 @@ async def odoo_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         if not cancelled:
-            _record(request, state, status, time.perf_counter() - t0)
+            _record(request, state, status, time.perf_counter() - t0, version)
+
+
+def csrf_warning(state: Standin, path: str, token: str | None) -> str:
+    if token is None:
+        series = _DOCS_SERIES.get(state.settings.major, "master")
+        return _MISSING_CSRF % (path, series)
+    return f"CSRF validation failed on path {path!r}"
+
+
+@web.middleware
+async def odoo_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What Odoo's Request does around a route, once it has a Host: the database (the one
+    configured: a "monodb"), the session, the CSRF check of type='http' routes, PostgreSQL
+    being down, and werkzeug's page for a path or method no route takes."""
+    if request.path.startswith(LAB_PREFIX):
+        response: web.StreamResponse = await handler(request)
+        return response
+    state = request.app[STATE]
+    settings = state.settings
+    CURRENT_DB.set(settings.db)  # Registry(db) names the database, even when it cannot connect
+    if state.faults.db_down:
+        state.app_log("INFO", "odoo.sql_db", "Connection to the database failed")
+    new_sid = None
+    routed = request.match_info.http_exception is None
+    if routed and request.path in _SESSION_ROUTES:
+        sid = state.session_id(request)
+        if sid is None:
+            sid = new_sid = state.new_session()
+        request[SESSION_KEY] = sid
+    if routed and request.path in _CSRF_ROUTES and request.method not in _SAFE_METHODS:
+        form = await request.post()
+        token = form.get("csrf_token", request.query.get("csrf_token"))
+        token = None if token is None else str(token)
+        if not state.csrf_valid(state.session_id(request), token):
+            state.app_log("WARNING", "odoo.http", csrf_warning(state, request.path, token))
+            response = error_page(
+                400, "Session expired (invalid CSRF token)", major=settings.major
+            )
+            if new_sid is not None:
+                set_session_cookie(response, new_sid)
+            return response
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # no route for this path, or not for this method
+        response = error_page(exc.status, major=settings.major)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    # An error answer saves no session (Odoo's handle_error skips post_dispatch).
+    saved = "session_id" in response.cookies or request.get(ERROR_KEY)
+    if new_sid is not None and not saved:
+        set_session_cookie(response, new_sid)
+    return response
 
 
 # Real Odoo (seen on 17 and 18) reads the Host in Request._get_session_and_dbname
@@ -195,22 +313,26 @@ async def require_host(request: web.Request, handler: Handler) -> web.StreamResp
     return error_page(500)
 
 
-def _record(request: web.Request, state: Standin, status: int, elapsed: float) -> None:
+def _record(
+    request: web.Request, state: Standin, status: int, elapsed: float, version: str
+) -> None:
     state.requests.labels(color=state.settings.color, code=str(status)).inc()
     state.duration.labels(color=state.settings.color).observe(elapsed)
-    access_log(request, state, status, elapsed)
+    access_log(request, state, status, elapsed, version)
 
 
 async def add_colour_headers(request: web.Request, response: web.StreamResponse) -> None:
     settings = request.app[STATE].settings
     response.headers["X-Odoo-Color"] = settings.color
     response.headers["X-Odoo-Version"] = settings.version
+    if not request.path.startswith(LAB_PREFIX):
+        response.headers["Server"] = _SERVER.get(settings.major, _SERVER_LATER)
 
 
 def create_app(settings: StandinSettings) -> web.Application:
     """The stand-in as an aiohttp app (its own metrics registry, sessions and data)."""
     state = Standin(settings)
-    app = web.Application(middlewares=[odoo_middleware, require_host])
+    app = web.Application(middlewares=[odoo_middleware, require_host, odoo_request])
     app[STATE] = state
     app.on_response_prepare.append(add_colour_headers)
 
@@ -239,14 +361,16 @@ def create_app(settings: StandinSettings) -> web.Application:
     r.add_route("*", "/web/health", web_health)
     r.add_route("*", "/websocket/health", websocket_health)
     r.add_route("*", "/web/login", web_login)
-    r.add_get("/web", web_client)
-    r.add_get("/odoo", web_client)
-    r.add_get("/", root)
+    r.add_route("*", "/web", web_client)
+    if settings.major >= 18:  # 18 moved the web client to /odoo; 17 has no such route (404)
+        r.add_route("*", "/odoo", web_client)
+    r.add_route("*", "/", root)
     r.add_route("*", "/web/session/logout", session_logout)
-    r.add_post("/web/webclient/version_info", webclient_version_info)
-    r.add_post("/web/session/authenticate", session_authenticate)
-    r.add_post("/web/session/get_session_info", session_get_info)
-    r.add_post("/jsonrpc", jsonrpc_endpoint)
+    # type='json' routes take any method: a GET is refused by the JSON dispatcher (400).
+    r.add_route("*", "/web/webclient/version_info", webclient_version_info)
+    r.add_route("*", "/web/session/authenticate", session_authenticate)
+    r.add_route("*", "/web/session/get_session_info", session_get_info)
+    r.add_route("*", "/jsonrpc", jsonrpc_endpoint)
     r.add_post("/xmlrpc/2/{service}", xmlrpc_endpoint)
     r.add_route("GET", "/__lab__/faults", lab_faults)
     r.add_route("POST", "/__lab__/faults", lab_faults)
@@ -275,6 +399,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--password", default="admin")
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--log-stdout", action="store_true")
+    parser.add_argument(
+        "--password-cost",
+        type=float,
+        default=PASSWORD_COST,
+        help=f"seconds one password check takes (Odoo's pbkdf2: about {PASSWORD_COST})",
+    )
     args = parser.parse_args(argv)
     settings = StandinSettings(
         color=args.color,
@@ -284,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         password=args.password,
         log_file=args.log_file,
         log_stdout=args.log_stdout,
+        password_cost=args.password_cost,
     )
     app = create_app(settings)
 

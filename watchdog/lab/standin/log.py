@@ -1,13 +1,24 @@
-"""The stand-in's log: Odoo-format lines to a file (reopened when moved away) and/or stdout."""
+"""The stand-in's log: Odoo-format lines to a file (reopened when moved away) and/or stdout.
+
+`dbname` is what Odoo's formatter reads from the current thread (odoo/netsvc.py): `?` where no
+request set it (start-up, shutdown), the database a request or an RPC call opened (Registry(db)
+sets it, even for a database that does not exist), and `None` where `dispatch_rpc` reset it
+before a `common` / `db` call that opens no database (`version()`, `db.list`). The stand-in keeps
+it per request in CURRENT_DB, which the middleware and the RPC services set as Odoo would.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import IO
+
+#: The dbname of the request being served (Odoo keeps it on the thread); `?` outside requests.
+CURRENT_DB: contextvars.ContextVar[str] = contextvars.ContextVar("odoo_dbname", default="?")
 
 
 class OdooLog:
@@ -32,10 +43,12 @@ class OdooLog:
         name: str,
         message: str,
         *,
-        dbname: str = "?",
+        dbname: str | None = None,
         perf_info: str = "",
         exc_text: str | None = None,
     ) -> None:
+        if dbname is None:
+            dbname = CURRENT_DB.get()
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         msecs = int(now % 1 * 1000)

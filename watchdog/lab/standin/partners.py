@@ -182,6 +182,38 @@ def _sort_key(field: str) -> Callable[[Record], tuple[bool, Any]]:
     return key
 
 
+def _sql(value: Any) -> str:
+    if value is None or value is False:
+        return "NULL"
+    if value is True:
+        return "true"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _insert_refused(pid: int, known: Record, stamp: str) -> str:
+    """odoo.sql_db's "bad query" message for an INSERT that breaks res_partner_check_name: the
+    query, then psycopg2's error text (its own `ERROR:`-less first line and a DETAIL line)."""
+    row = {**{k: v for k, v in PARTNER_FIELDS.items() if k not in _READONLY}, **known}
+    row.update({"create_uid": 2, "write_uid": 2, "type": "contact"})
+    columns = sorted(row)
+    values = ", ".join(_sql(row[c]) for c in columns)
+    names = ", ".join(f'"{c}"' for c in columns)
+    query = (  # the text of a log line, never run
+        f'INSERT INTO "res_partner" ("create_date", {names}, "write_date") '  # noqa: S608
+        f"VALUES ('{stamp}', {values}, '{stamp}') RETURNING \"id\""
+    )
+    failing = ", ".join([str(pid), *("null" if row[c] in (None, False) else str(row[c])
+                                     for c in columns)])
+    return (
+        f"bad query: {query}\n"
+        'ERROR: new row for relation "res_partner" violates check constraint '
+        '"res_partner_check_name"\n'
+        f"DETAIL:  Failing row contains ({failing}).\n"
+    )
+
+
 def _ids(value: Any) -> list[int]:
     raw = value if isinstance(value, list | tuple) else [value]
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
@@ -234,16 +266,21 @@ class PartnerStore:
                 )
         return list(dict.fromkeys(["id", *fields]))
 
-    def create_one(self, vals: Any, warn: Callable[[str], None]) -> int:
+    def create_one(
+        self, vals: Any, warn: Callable[[str], None], bad_query: Callable[[str], None]
+    ) -> int:
         if not isinstance(vals, dict):
             raise ServerError("builtins.ValueError", f"Invalid values for create: {vals!r}")
         unknown = sorted(k for k in vals if k not in PARTNER_FIELDS or k in _READONLY)
         if unknown:
             warn(f"res.partner.create() includes unknown fields: {', '.join(unknown)}")
         known = {k: v for k, v in vals.items() if k in PARTNER_FIELDS and k not in _READONLY}
-        if not known.get("name"):
-            raise ValidationError("The operation cannot be completed: Contacts require a name")
         stamp = _now()
+        if not known.get("name"):
+            # PostgreSQL refuses the row (res_partner_check_name); odoo.sql_db logs the query at
+            # ERROR, and the ORM turns the IntegrityError into a ValidationError.
+            bad_query(_insert_refused(self.next_id, known, stamp))
+            raise ValidationError("The operation cannot be completed: Contacts require a name")
         pid = self.next_id
         self.next_id += 1
         self.records[pid] = {
@@ -268,6 +305,7 @@ class PartnerStore:
         kwargs: dict[str, Any],
         uid: int,
         warn: Callable[[str], None],
+        bad_query: Callable[[str], None] = lambda _message: None,
     ) -> Any:
         kwargs = dict(kwargs)
         context = kwargs.pop("context", None) or {}
@@ -280,8 +318,8 @@ class PartnerStore:
         if method == "create":
             b = bind_args("create", ["vals_list"], 1, args, kwargs)
             if isinstance(b["vals_list"], list):
-                return [self.create_one(v, warn) for v in b["vals_list"]]
-            return self.create_one(b["vals_list"], warn)
+                return [self.create_one(v, warn, bad_query) for v in b["vals_list"]]
+            return self.create_one(b["vals_list"], warn, bad_query)
         if method in ("search", "search_read", "search_count"):
             params = {
                 "search": ["domain", "offset", "limit", "order"],
@@ -308,7 +346,9 @@ class PartnerStore:
             if method == "read":
                 b = bind_args("read", ["fields", "load"], 0, rest, kwargs)
                 fields = self._check_fields(b.get("fields"))
-                return [{f: r[f] for f in fields} for r in self._existing(ids, uid)]
+                # read() leaves out the ids that do not exist: no MissingError, maybe [].
+                found = [self.records[i] for i in ids if i in self.records]
+                return [{f: r[f] for f in fields} for r in found]
             if method == "write":
                 b = bind_args("write", ["vals"], 1, rest, kwargs)
                 vals = b["vals"]

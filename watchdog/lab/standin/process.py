@@ -20,6 +20,7 @@ class StandinProcess(LabProgram):
         version: str = "17.0",
         *,
         log_stdout: bool = False,
+        password_cost: float | None = None,
     ) -> None:
         self.color = color
         self.workdir = Path(workdir)
@@ -44,6 +45,8 @@ class StandinProcess(LabProgram):
         ]
         if log_stdout:
             argv.append("--log-stdout")
+        if password_cost is not None:  # None: the stand-in's default, Odoo's ~0.35 s
+            argv += ["--password-cost", str(password_cost)]
         project_root = str(Path(__file__).resolve().parents[3])
         pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH")) if p)
         self.process = ManagedProcess(

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import html
 import json
+import time
 import xmlrpc.client
+from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +23,16 @@ JSON_CONTENT_TYPES = ("application/json", "application/json-rpc")
 # ---------------------------------------------------------------------------------------------
 
 _ERROR_PAGES = {
+    404: (
+        "Not Found",
+        "The requested URL was not found on the server. If you entered the URL manually please "
+        "check your spelling and try again.",
+    ),
+    405: ("Method Not Allowed", "The method is not allowed for the requested URL."),
+    413: (
+        "Request Entity Too Large",
+        "The data value transmitted exceeds the capacity limit.",
+    ),
     500: (
         "Internal Server Error",
         "The server encountered an internal error and was unable to complete your request. "
@@ -29,7 +41,7 @@ _ERROR_PAGES = {
     503: (
         "Service Unavailable",
         "The server is temporarily unable to service your request due to maintenance downtime "
-        "or capacity problems.  Please try again later.",
+        "or capacity problems. Please try again later.",
     ),
     400: (
         "Bad Request",
@@ -38,17 +50,47 @@ _ERROR_PAGES = {
 }
 
 
-def error_page(status: int, detail: str | None = None) -> web.Response:
-    """Werkzeug's HTML error page, as Odoo's http routes answer it."""
-    title, text = _ERROR_PAGES[status]
-    body = (
-        f"<!doctype html>\n<html lang=en>\n<title>{status} {title}</title>\n"
-        f"<h1>{title}</h1>\n<p>{html.escape(detail or text)}</p>\n"
-    )
+_OLD_DOCTYPE = '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">\n'
+
+
+def error_page(status: int, detail: str | None = None, *, major: int = 17) -> web.Response:
+    """Werkzeug's HTML error page, as Odoo's http routes answer it: werkzeug 1.0/2.0 (Odoo 16,
+    17) open it with an HTML 3.2 doctype, 2.1 and later (18, 19) with `<!doctype html>`."""
+    title, text = _ERROR_PAGES.get(status, (web.Response(status=status).reason, ""))
+    description = "<br>".join(html.escape(line) for line in (detail or text).split("\n"))
+    head = _OLD_DOCTYPE if major <= 17 else "<!doctype html>\n<html lang=en>\n"
+    body = f"{head}<title>{status} {title}</title>\n<h1>{title}</h1>\n<p>{description}</p>\n"
     return web.Response(status=status, text=body, content_type="text/html")
 
 
+def redirect_response(location: str, status: int = 303, *, major: int = 17) -> web.Response:
+    """`werkzeug.utils.redirect`: the Location and werkzeug's little HTML page. (On 16 and 17
+    the middleware makes a relative Location absolute, as werkzeug 2.0 did.)"""
+    shown = html.escape(location)
+    if major <= 17:
+        body = (
+            f"{_OLD_DOCTYPE}<title>Redirecting...</title>\n<h1>Redirecting...</h1>\n"
+            "<p>You should be redirected automatically to target URL: "
+            f'<a href="{shown}">{shown}</a>. If not click the link.'
+        )
+    else:
+        body = (
+            "<!doctype html>\n<html lang=en>\n<title>Redirecting...</title>\n"
+            "<h1>Redirecting...</h1>\n<p>You should be redirected automatically to the target "
+            f'URL: <a href="{shown}">{shown}</a>. If not, click the link.\n'
+        )
+    return web.Response(
+        status=status, text=body, content_type="text/html", headers={"Location": location}
+    )
+
+
+def text_response(text: str, status: int) -> web.Response:
+    """An Odoo `Response(text, status=...)`: the bare text, as text/html."""
+    return web.Response(status=status, text=text, content_type="text/html")
+
+
 def health_response(payload: dict[str, Any], status: int = 200) -> web.Response:
+    """The health routes set their Content-Type header themselves: no charset."""
     return web.Response(
         status=status,
         body=json.dumps(payload).encode(),
@@ -68,7 +110,7 @@ def jsonrpc_response(
     return web.Response(
         status=status,
         body=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json; charset=utf-8"},
     )
 
 
@@ -77,30 +119,29 @@ def log_odoo_error(state: Standin, err: OdooError) -> None:
     if err.log_level == "ERROR":
         state.log_exception(err.traceback_text())
     elif err.log_level is not None:
-        state.log.write(err.log_level, "odoo.http", err.message, dbname=state.settings.db)
+        state.log.write(err.log_level, "odoo.http", err.message)
 
 
-async def read_jsonrpc(request: web.Request) -> tuple[Any, dict[str, Any]] | web.Response:
-    """(id, params) of a JSON-RPC request, or the error response Odoo gives for a bad one."""
+async def read_jsonrpc(
+    request: web.Request, major: int = 17
+) -> tuple[Any, dict[str, Any]] | web.Response:
+    """(id, params) of a JSON-RPC request, or the error response Odoo gives for a bad one:
+    a request that is not JSON (a GET, a form) gets werkzeug's 400 page; a body that does not
+    parse, or is not an object, a bare 400 "Invalid JSON data" / "Invalid JSON-RPC data"."""
     ctype = request.content_type
     if ctype not in JSON_CONTENT_TYPES:
         return error_page(
             400,
             f"Request inferred type is compatible with ['http'] but {request.path!r} is "
-            "type='json'. Please verify the Content-Type request header and try again.",
+            "type='json'.",
+            major=major,
         )
     try:
-        body = json.loads(await request.read() or b"null")
-    except ValueError as exc:
-        err = ServerError(
-            "werkzeug.exceptions.BadRequest", f"400 Bad Request: Invalid JSON data: {exc}"
-        )
-        return jsonrpc_response(None, error=err.json_error())
+        body = json.loads(await request.read())
+    except ValueError:
+        return text_response("Invalid JSON data", 400)
     if not isinstance(body, dict):
-        err = ServerError(
-            "werkzeug.exceptions.BadRequest", "400 Bad Request: Invalid JSON-RPC data"
-        )
-        return jsonrpc_response(None, error=err.json_error())
+        return text_response("Invalid JSON-RPC data", 400)
     params = body.get("params") or {}
     if not isinstance(params, dict):
         err = ServerError("builtins.TypeError", "params must be an object")
@@ -120,8 +161,10 @@ def require(name: str, params: dict[str, Any], *names: str) -> None:
 
 
 def set_session_cookie(response: web.StreamResponse, sid: str) -> None:
+    """werkzeug's `set_cookie(max_age=..., httponly=True)`: Expires and Max-Age, no SameSite."""
+    expires = formatdate(time.time() + SESSION_MAX_AGE, usegmt=True)
     response.set_cookie(
-        "session_id", sid, max_age=SESSION_MAX_AGE, httponly=True, path="/", samesite="Lax"
+        "session_id", sid, max_age=SESSION_MAX_AGE, expires=expires, httponly=True, path="/"
     )
 
 

@@ -1,14 +1,23 @@
 """The Odoo routes of the stand-in: health, login and web client pages, sessions, JSON-RPC
-and XML-RPC, each answering as Odoo 17 does (`odoo/addons/web/controllers/*.py`,
-`odoo/addons/base/controllers/rpc.py`).
+and XML-RPC, each answering as Odoo 16-19 do (`odoo/addons/web/controllers/*.py`,
+`odoo/addons/base/controllers/rpc.py`, `odoo/http.py`), per version where they differ:
+
+- `/web/health?db_server_status=1`: 18 checks PostgreSQL (500 `{"status": "fail", ...}` when
+  it is down); 16 and 17 have no such parameter, ignore it and log a WARNING that they did;
+- XML-RPC faults: answered with HTTP 200 on every version; 16 and 17 log nothing, 18 and 19
+  let the exception reach the HTTP layer, which logs it (ERROR and a traceback, or a WARNING
+  for a UserError, AccessError or AccessDenied);
+- PostgreSQL down: the http routes fall back to no database (`/web/login` sends the browser
+  back to itself with a new session, `/web` is a 500), `common.version()` still answers.
+
+The session every save-session route gets, the CSRF check of unsafe methods, the redirects'
+absolute Locations and the connection handling are the middleware's (`app`).
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import secrets
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,15 +29,18 @@ from watchdog.lab.standin.errors import (
     AccessError,
     OdooError,
     ServerError,
+    db_unreachable,
     format_traceback,
 )
 from watchdog.lab.standin.responses import (
+    error_page,
     health_response,
     html_response,
     jsonrpc_response,
     log_odoo_error,
     parse_xmlrpc,
     read_jsonrpc,
+    redirect_response,
     require,
     set_session_cookie,
     xmlrpc_fault,
@@ -37,12 +49,43 @@ from watchdog.lab.standin.responses import (
 from watchdog.lab.standin.services import version_info
 from watchdog.lab.standin.state import STATE, Standin
 
+#: The request's session id (the middleware gives every save-session route one).
+SESSION_KEY: web.RequestKey[str] = web.RequestKey("odoo_session", str)
+#: Set when a route answered an Odoo error: Odoo then saves no session (no new cookie).
+ERROR_KEY: web.RequestKey[bool] = web.RequestKey("odoo_error", bool)
+
+
+def request_session(request: web.Request) -> str:
+    assert SESSION_KEY in request, f"{request.path} is not a save-session route"
+    return request[SESSION_KEY]
+
+
+async def http_params(request: web.Request) -> dict[str, str]:
+    """An http route's arguments: the query string and the form, without the CSRF token."""
+    params = {k: v for k, v in request.query.items()}
+    if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        form = await request.post()
+        params.update({k: str(v) for k, v in form.items()})
+    params.pop("csrf_token", None)
+    return params
+
+
+def ignore_args(state: Standin, fname: str, params: dict[str, str], accepted: set[str]) -> None:
+    """Odoo's route wrapper drops the arguments the endpoint does not take, with a WARNING."""
+    ignored = set(params) - accepted
+    if ignored:
+        state.app_log("WARNING", "odoo.http", f"<function {fname}> called ignoring args {ignored}")
+
 
 async def web_health(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    params = await http_params(request)
+    honours_db_check = state.settings.major >= 18
+    accepted = {"db_server_status"} if honours_db_check else set()
+    ignore_args(state, "odoo.addons.web.controllers.home.health", params, accepted)
     payload: dict[str, Any] = {"status": "pass"}
-    # Odoo 17 tests the raw parameter for truth: any non-empty value asks for the db check.
-    if request.query.get("db_server_status"):
+    # 18 tests the raw parameter for truth: any non-empty value asks for the db check.
+    if honours_db_check and params.get("db_server_status"):
         if state.faults.db_down:
             state.app_log("INFO", "odoo.sql_db", "Connection to the database failed")
             return health_response({"status": "fail", "db_server_status": False}, 500)
@@ -51,11 +94,19 @@ async def web_health(request: web.Request) -> web.Response:
 
 
 async def websocket_health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    params = await http_params(request)
+    ignore_args(state, "odoo.addons.bus.controllers.websocket.health", params, set())
     return health_response({"status": "pass"})
 
 
 def login_page(
-    state: Standin, *, login: str = "", error: str | None = None, redirect: str | None = None
+    state: Standin,
+    sid: str,
+    *,
+    login: str = "",
+    error: str | None = None,
+    redirect: str | None = None,
 ) -> str:
     alert = (
         f'\n<p class="alert alert-danger" role="alert">{html.escape(error)}</p>' if error else ""
@@ -65,7 +116,7 @@ def login_page(
         if redirect
         else ""
     )
-    csrf = f"{secrets.token_hex(20)}o{int(time.time()) + 31536000}"
+    csrf = state.csrf_token(sid)
     parts = [
         '<!DOCTYPE html>\n<html lang="en-US">\n<head>\n<meta charset="utf-8"/>',
         "<title>Login | Odoo</title>",
@@ -98,38 +149,48 @@ def login_page(
 
 async def web_login(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    redirect = request.query.get("redirect")
+    major = state.settings.major
+    sid = request_session(request)
+    params = await http_params(request)
+    redirect = params.get("redirect") or None
     if state.faults.db_down:
-        state.backend.connect(state.settings.db)  # raises: PostgreSQL is unreachable
+        # The registry could not open a cursor, so the request went on without a database
+        # and the session lost its own; ensure_db() gives the browser a new session on the
+        # configured database and sends it back here: a 302 to this very URL, not a 500.
+        resp = redirect_response(str(request.url), 302, major=major)
+        set_session_cookie(resp, state.new_session())
+        return resp
     if request.method == "POST":
-        form = await request.post()
-        login = str(form.get("login", ""))
-        password = str(form.get("password", ""))
-        redirect = str(form.get("redirect", "")) or redirect
+        login = params.get("login", "")
+        password = params.get("password", "")
         try:
-            uid = state.backend.authenticate(
+            uid = await state.backend.authenticate(
                 state.settings.db, login, password, request.remote or ""
             )
         except AccessDenied:
-            return html_response(
-                login_page(state, login=login, error="Wrong login/password", redirect=redirect)
+            page = login_page(
+                state, sid, login=login, error="Wrong login/password", redirect=redirect
             )
-        resp = web.Response(status=303, headers={"Location": redirect or state.settings.home})
+            return html_response(page)
+        resp = redirect_response(redirect or state.settings.home, 303, major=major)
+        state.sessions.pop(sid, None)  # a login rotates the session
         set_session_cookie(resp, state.new_session(uid))
         return resp
     if redirect and state.session_uid(request):
-        return web.Response(status=303, headers={"Location": redirect})
-    resp = html_response(login_page(state, redirect=redirect))
-    if "session_id" not in request.cookies:
-        set_session_cookie(resp, secrets.token_urlsafe(63))
-    return resp
+        return redirect_response(redirect, 303, major=major)
+    return html_response(login_page(state, sid, redirect=redirect))
 
 
 async def web_client(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.faults.db_down:
+        # /web is the one path Odoo lets the registry error through: a 500 and a traceback.
+        log_odoo_error(state, db_unreachable())
+        return error_page(500, major=state.settings.major)
     if not state.session_uid(request):
-        query = urllib.parse.urlencode({"redirect": request.path_qs})
-        return web.Response(status=303, headers={"Location": f"/web/login?{query}"})
+        full_path = f"{request.path}?{request.query_string}"
+        query = urllib.parse.urlencode({"redirect": full_path})
+        return redirect_response(f"/web/login?{query}", 303, major=state.settings.major)
     body = (
         "<!DOCTYPE html>\n<html>\n<head>\n<title>Odoo</title>\n</head>\n"
         f'<body class="o_web_client"><script>var odoo = {{"debug": "", '
@@ -141,16 +202,18 @@ async def web_client(request: web.Request) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
-    return web.Response(status=303, headers={"Location": request.app[STATE].settings.home})
+    settings = request.app[STATE].settings
+    query = f"?{request.query_string}" if request.query_string else ""
+    return redirect_response(f"{settings.home}{query}", 303, major=settings.major)
 
 
 async def session_logout(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    sid = request.cookies.get("session_id")
-    if sid:
-        state.sessions.pop(sid, None)
+    sid = request_session(request)
+    if state.sessions.get(sid) is not None:
+        state.sessions[sid] = None
     location = request.query.get("redirect") or state.settings.home
-    return web.Response(status=303, headers={"Location": location})
+    return redirect_response(location, 303, major=state.settings.major)
 
 
 JsonRoute = Callable[[web.Request, Standin, Any, dict[str, Any]], Awaitable[web.Response]]
@@ -164,7 +227,7 @@ def json_route(route: JsonRoute) -> Callable[[web.Request], Awaitable[web.Respon
     @functools.wraps(route)
     async def handler(request: web.Request) -> web.Response:
         state = request.app[STATE]
-        parsed = await read_jsonrpc(request)
+        parsed = await read_jsonrpc(request, state.settings.major)
         if isinstance(parsed, web.Response):
             return parsed
         req_id, params = parsed
@@ -172,6 +235,7 @@ def json_route(route: JsonRoute) -> Callable[[web.Request], Awaitable[web.Respon
             return await route(request, state, req_id, params)
         except OdooError as err:
             log_odoo_error(state, err)
+            request[ERROR_KEY] = True
             return jsonrpc_response(req_id, error=err.json_error())
 
     return handler
@@ -191,10 +255,11 @@ async def session_authenticate(
     require("Session.authenticate", params, "db", "login", "password")
     if params["db"] != state.settings.db and not state.faults.db_down:
         raise AccessError("Database not found.")
-    uid = state.backend.authenticate(
+    uid = await state.backend.authenticate(
         params["db"], params["login"], params["password"], request.remote or ""
     )
     resp = jsonrpc_response(req_id, result=state.session_info(request))
+    state.sessions.pop(request_session(request), None)  # a login rotates the session
     set_session_cookie(resp, state.new_session(uid))
     return resp
 
@@ -229,21 +294,25 @@ async def jsonrpc_endpoint(
     args = params["args"]
     if not isinstance(args, list):
         raise ServerError("builtins.TypeError", "args must be a list")
-    result = state.backend.dispatch(
+    result = await state.backend.dispatch(
         str(params["service"]), str(params["method"]), args, request.remote or ""
     )
     return jsonrpc_response(req_id, result=result)
 
 
 async def xmlrpc_endpoint(request: web.Request) -> web.Response:
-    """/xmlrpc/2/<service>: faults are answered with HTTP 200 and are not logged, like Odoo."""
+    """/xmlrpc/2/<service>: faults are answered with HTTP 200. 16 and 17 log none of them;
+    18 and 19 re-raise them to the HTTP layer, which logs each one as it logs an exception
+    escaping any route (`Exception during request handling.` and a traceback at ERROR)."""
     state = request.app[STATE]
     try:
         method, params = parse_xmlrpc(await request.read())
-        result = state.backend.dispatch(
+        result = await state.backend.dispatch(
             request.match_info["service"], method, params, request.remote or ""
         )
         body = xmlrpc_response(result)
     except OdooError as err:
+        if state.settings.major >= 18:
+            log_odoo_error(state, err)
         body = xmlrpc_fault(err)
     return web.Response(text=body, content_type="text/xml")

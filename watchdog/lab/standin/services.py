@@ -4,10 +4,17 @@ Shapes follow Odoo 17: `odoo/service/common.py` (`version`, `login`, `authentica
 `odoo/service/model.py` (`execute_kw`, "Object x doesn't exist") and `odoo/api.py` (`call_kw`:
 "The method 'x' does not exist on the model 'y'"). Nothing here touches the network; the routes
 do the HTTP.
+
+The dbname of the log lines follows Odoo's thread attribute: `dispatch_rpc` resets it to `None`,
+and opening a database (`Registry(db)`, in a login or a password check) sets it to that name.
+A password check costs `password_cost` seconds (awaited, so other requests go on meanwhile, as
+in Odoo's threaded server); a uid's right password is cached afterwards, as `res.users.check`
+caches it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +27,23 @@ from watchdog.lab.standin.errors import (
     bind_args,
     db_unreachable,
 )
+from watchdog.lab.standin.log import CURRENT_DB
 from watchdog.lab.standin.partners import PartnerStore
+
+#: The build date a packaged release appends to `release.version` (odoo/release.py of the
+#: nightly builds: `version += '-20250421'`); 16's is the tag it is frozen at. 19's is a
+#: plausible date, not one seen.
+BUILD_DATES = {16: "20250909", 17: "20250225", 18: "20250421", 19: "20251002"}
 
 
 def version_info(version: str) -> dict[str, Any]:
-    """`common.version()` / `/web/webclient/version_info` for a version string like "17.0"."""
-    match = re.fullmatch(r"(saas~)?(\d+)\.(\d+)(.*)", version.strip())
+    """`common.version()` / `/web/webclient/version_info` for a version string like "17.0".
+
+    `server_version` is what a packaged build reports ("18.0-20250421"), `server_version_info`
+    the release tuple without the build date ([18, 0, 0, "final", 0, ""]), `server_serie` the
+    series. A version given with its build ("17.0-20240101") is reported as given.
+    """
+    match = re.fullmatch(r"(saas~)?(\d+)\.(\d+)(-\d{8})?(.*)", version.strip())
     if match is None:
         return {
             "server_version": version,
@@ -33,12 +51,16 @@ def version_info(version: str) -> dict[str, Any]:
             "server_serie": version,
             "protocol_version": 1,
         }
-    saas, major_s, minor_s, suffix = match.groups()
+    saas, major_s, minor_s, build, suffix = match.groups()
     major: int | str = f"saas~{major_s}" if saas else int(major_s)
+    serie = f"{saas or ''}{major_s}.{minor_s}"
+    if build is None:
+        date = BUILD_DATES.get(int(major_s))
+        build = f"-{date}" if date and not saas else ""
     return {
-        "server_version": version,
+        "server_version": f"{serie}{suffix}{build}",
         "server_version_info": [major, int(minor_s), 0, "final", 0, suffix],
-        "server_serie": f"{saas or ''}{major_s}.{minor_s}",
+        "server_serie": serie,
         "protocol_version": 1,
     }
 
@@ -49,30 +71,52 @@ LogFn = Callable[[str, str, str], None]  # (level, logger name, message)
 class OdooBackend:
     """The `common`, `object` and `db` RPC services of one stand-in, and its login check."""
 
-    def __init__(self, *, db: str, login: str, password: str, version: str, log: LogFn) -> None:
+    def __init__(
+        self,
+        *,
+        db: str,
+        login: str,
+        password: str,
+        version: str,
+        log: LogFn,
+        password_cost: float = 0.0,
+    ) -> None:
         self.db = db
         self.login = login
         self.password = password
         self.version = version
         self.log = log
+        self.password_cost = password_cost
         self.db_down = False
         self.partners = PartnerStore()
+        self._checked: dict[int, str] = {}  # uid -> the password res.users.check last accepted
+
+    async def password_check(self) -> None:
+        """What verifying one password hash costs."""
+        if self.password_cost > 0:
+            await asyncio.sleep(self.password_cost)
 
     def connect(self, db: str) -> None:
-        """What opening a cursor on `db` does: fail when PostgreSQL is down or db unknown."""
+        """What opening a cursor on `db` does: fail when PostgreSQL is down or db unknown.
+        Like `Registry(db)`, it names the database in the log lines from here on."""
+        CURRENT_DB.set(db)
         if self.db_down:
             self.log("INFO", "odoo.sql_db", "Connection to the database failed")
             raise db_unreachable()
         if db != self.db:
+            self.log("INFO", "odoo.sql_db", "Connection to the database failed")
             raise ServerError(
                 "psycopg2.OperationalError",
                 'connection to server at "127.0.0.1", port 5432 failed: '
                 f'FATAL:  database "{db}" does not exist\n',
             )
 
-    def authenticate(self, db: Any, login: Any, password: Any, remote: str) -> int:
-        """res.users.authenticate: the uid, or AccessDenied (after logging like Odoo)."""
+    async def authenticate(self, db: Any, login: Any, password: Any, remote: str) -> int:
+        """res.users.authenticate: the uid, or AccessDenied (after logging like Odoo). The
+        password of a known login is checked (slow); an unknown login fails at once."""
         self.connect(str(db))
+        if login == self.login:
+            await self.password_check()
         if login == self.login and password == self.password:
             self.log(
                 "INFO",
@@ -87,48 +131,59 @@ class OdooBackend:
         )
         raise AccessDenied()
 
-    def check(self, db: Any, uid: Any, password: Any) -> int:
-        """odoo.service.security.check: uid + password must match."""
+    async def check(self, db: Any, uid: Any, password: Any) -> int:
+        """odoo.service.security.check: uid + password must match (a match is cached)."""
         try:
             uid_int = int(uid)
         except (TypeError, ValueError) as exc:
             raise ServerError("builtins.ValueError", f"invalid literal for int(): {uid!r}") from exc
         self.connect(str(db))
-        if uid_int != ADMIN_UID or password != self.password or not password:
+        if not password:
             raise AccessDenied()
+        if uid_int == ADMIN_UID and self._checked.get(uid_int) == password:
+            return uid_int
+        if uid_int == ADMIN_UID:
+            await self.password_check()
+        if uid_int != ADMIN_UID or password != self.password:
+            raise AccessDenied()
+        self._checked[uid_int] = password
         return uid_int
 
-    def dispatch(self, service: str, method: str, params: list[Any], remote: str) -> Any:
+    async def dispatch(self, service: str, method: str, params: list[Any], remote: str) -> Any:
+        """`dispatch_rpc`: the dbname is None until the call opens a database."""
+        CURRENT_DB.set("None")
         if service == "common":
-            return self._common(method, params, remote)
+            return await self._common(method, params, remote)
         if service == "object":
-            return self._object(method, params)
+            return await self._object(method, params)
         if service == "db":
             return self._db(method, params)
         raise ServerError("builtins.KeyError", repr(service))
 
-    def _common(self, method: str, params: list[Any], remote: str) -> Any:
+    async def _common(self, method: str, params: list[Any], remote: str) -> Any:
         if method == "version":
             bind_args("exp_version", [], 0, params, {})
             return version_info(self.version)
         if method == "about":
             b = bind_args("exp_about", ["extended"], 0, params, {})
             info = "See http://openerp.com"
-            return [info, self.version] if b.get("extended") else info
+            if b.get("extended"):
+                return [info, version_info(self.version)["server_version"]]
+            return info
         if method in ("login", "authenticate"):
             names = ["db", "login", "password"] + (
                 ["user_agent_env"] if method == "authenticate" else []
             )
             b = bind_args(f"exp_{method}", names, len(names), params, {})
             try:
-                return self.authenticate(b["db"], b["login"], b["password"], remote)
+                return await self.authenticate(b["db"], b["login"], b["password"], remote)
             except AccessDenied:
                 return False
         raise ServerError("builtins.Exception", f"Method not found: {method}")
 
     def _db(self, method: str, params: list[Any]) -> Any:
         if method == "server_version":
-            return self.version
+            return version_info(self.version)["server_version"]
         if method == "list":
             return [self.db]
         if method == "db_exist":
@@ -136,11 +191,11 @@ class OdooBackend:
             return b["db_name"] == self.db
         raise ServerError("builtins.KeyError", repr(f"exp_{method}"))
 
-    def _object(self, method: str, params: list[Any]) -> Any:
+    async def _object(self, method: str, params: list[Any]) -> Any:
         if len(params) < 3:
             raise ServerError("builtins.IndexError", "list index out of range")
         db, uid_raw, password = params[0], params[1], params[2]
-        uid = self.check(db, uid_raw, password)
+        uid = await self.check(db, uid_raw, password)
         if method == "execute_kw":
             b = bind_args("execute_kw", ["obj", "method", "args", "kw"], 3, params[3:], {})
             args, kw = b["args"], b.get("kw") or {}
@@ -164,4 +219,7 @@ class OdooBackend:
         def warn(message: str) -> None:
             self.log("WARNING", "odoo.models", message)
 
-        return self.partners.call(name, args, kw, uid, warn)
+        def bad_query(message: str) -> None:
+            self.log("ERROR", "odoo.sql_db", message)
+
+        return self.partners.call(name, args, kw, uid, warn, bad_query)

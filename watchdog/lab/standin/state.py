@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -24,6 +25,9 @@ from watchdog.lab.standin.services import OdooBackend, version_info
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_SESSIONS = 10_000
+#: What one password check costs real Odoo 17/18 (passlib pbkdf2_sha512, 600,000 rounds).
+PASSWORD_COST = 0.35
+CSRF_LIFETIME = 365 * 24 * 3600
 
 
 @dataclass
@@ -35,6 +39,8 @@ class StandinSettings:
     password: str = "admin"  # noqa: S105 (the lab's throwaway admin)
     log_file: Path | None = None
     log_stdout: bool = False
+    #: Seconds one password check takes (a login, or an RPC call's first check of a password).
+    password_cost: float = PASSWORD_COST
 
     @property
     def major(self) -> int:
@@ -45,6 +51,16 @@ class StandinSettings:
     def home(self) -> str:
         """Where Odoo sends a logged-in user: /odoo from 18 on (and 17.2+ SaaS), /web before."""
         return "/odoo" if self.major >= 18 else "/web"
+
+    @property
+    def http10(self) -> bool:
+        """16 and 17 (werkzeug 1.0, 2.0) answer HTTP/1.0; 18 and 19 HTTP/1.1, Connection: close."""
+        return self.major <= 17
+
+    @property
+    def absolute_redirects(self) -> bool:
+        """werkzeug before 2.1 (Odoo 16, 17) makes every Location absolute; 18's stay relative."""
+        return self.major <= 17
 
 
 class Standin:
@@ -60,8 +76,11 @@ class Standin:
             password=settings.password,
             version=settings.version,
             log=self.app_log,
+            password_cost=settings.password_cost,
         )
-        self.sessions: OrderedDict[str, int] = OrderedDict()
+        #: session id -> uid (None: a session that has not logged in)
+        self.sessions: OrderedDict[str, int | None] = OrderedDict()
+        self._csrf_secret = secrets.token_bytes(32)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "odoo_standin_http_requests_total",
@@ -79,17 +98,13 @@ class Standin:
         self.started = time.time()
 
     def app_log(self, level: str, name: str, message: str) -> None:
-        self.log.write(level, name, message, dbname=self.settings.db)
+        """A line with the dbname of the request being served (`?` outside requests)."""
+        self.log.write(level, name, message)
 
     def log_exception(self, exc_text: str) -> None:
         """What Odoo's HTTP layer logs for an exception escaping a route: ERROR, traceback."""
-        self.log.write(
-            "ERROR",
-            "odoo.http",
-            "Exception during request handling.",
-            dbname=self.settings.db,
-            exc_text=exc_text,
-        )
+        message = "Exception during request handling."
+        self.log.write("ERROR", "odoo.http", message, exc_text=exc_text)
 
     def apply_faults(self, settings: dict[str, Any]) -> None:
         for key, value in settings.items():
@@ -97,17 +112,16 @@ class Standin:
         self.backend.db_down = self.faults.db_down
         # One-shots: write the lines now, then the setting returns to 0.
         burst = self.faults.log_errors
+        db = self.settings.db  # as a request on the database would log them
         for i in range(1, burst + 1):
-            self.app_log(
-                "ERROR", "odoo.addons.lab_standin.models", f"Injected error {i}/{burst} (lab fault)"
-            )
+            message = f"Injected error {i}/{burst} (lab fault)"
+            self.log.write("ERROR", "odoo.addons.lab_standin.models", message, dbname=db)
         infos = self.faults.log_info_mentions_error
         for i in range(1, infos + 1):
-            self.app_log(
-                "INFO",
-                "odoo.addons.lab_standin.models",
-                f"Nightly report {i}/{infos}: ERROR count is 0, no ERROR found in the last run",
+            message = (
+                f"Nightly report {i}/{infos}: ERROR count is 0, no ERROR found in the last run"
             )
+            self.log.write("INFO", "odoo.addons.lab_standin.models", message, dbname=db)
         self.faults.log_errors = 0
         self.faults.log_info_mentions_error = 0
 
@@ -115,16 +129,37 @@ class Standin:
         self.faults = Faults()
         self.backend.db_down = False
 
-    def new_session(self, uid: int) -> str:
+    def new_session(self, uid: int | None = None) -> str:
         sid = secrets.token_urlsafe(63)
         self.sessions[sid] = uid
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
         return sid
 
-    def session_uid(self, request: web.Request) -> int | None:
+    def session_id(self, request: web.Request) -> str | None:
+        """The request's session, if its cookie names one this stand-in knows."""
         sid = request.cookies.get("session_id")
+        return sid if sid and sid in self.sessions else None
+
+    def session_uid(self, request: web.Request) -> int | None:
+        sid = self.session_id(request)
         return self.sessions.get(sid) if sid else None
+
+    def csrf_token(self, sid: str) -> str:
+        """A token bound to session `sid`, valid for a year: `<hmac>o<expiry>` as Odoo's are."""
+        expiry = int(time.time()) + CSRF_LIFETIME
+        return f"{self._csrf_mac(sid, expiry)}o{expiry}"
+
+    def csrf_valid(self, sid: str | None, token: str | None) -> bool:
+        if not sid or not token:
+            return False
+        mac, _, expiry = token.rpartition("o")
+        if not expiry.isdigit() or int(expiry) < time.time():
+            return False
+        return hmac.compare_digest(mac, self._csrf_mac(sid, int(expiry)))
+
+    def _csrf_mac(self, sid: str, expiry: int) -> str:
+        return hmac.new(self._csrf_secret, f"{sid}{expiry}".encode(), hashlib.sha1).hexdigest()
 
     def session_info(self, request: web.Request) -> dict[str, Any]:
         """A trimmed `ir.http.session_info()` as /web/session/authenticate returns it."""
