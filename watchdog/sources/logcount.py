@@ -165,11 +165,11 @@ _LOGIN_START = re.compile(
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ INFO \S+ "
     r"odoo\.addons\.base\.models\.res_users: Login failed for db:\S* login:")
 _LOGIN_END = re.compile(r" from \S+ ?$")
-_STARTUP_MARKS = ("odoo: Odoo version ", " running on ", ") alive")
+_STARTUP_MARKS = ("odoo: Odoo version ", "odoo.service.server: ")  # long needles: fast scans
 _STARTUP = re.compile(
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\d+) INFO \S+ (?:odoo: Odoo version "
     r"|odoo\.service\.server: (?:HTTP service \(werkzeug\) running on "
-    r"|Evented Service \(\w+\) running on |Worker\w* \(\d+\) alive))")
+    r"|Evented Service \(\w+\) running on |Worker \w+ \(\d+\) alive))")
 
 
 def _odoo_time(match: re.Match[str]) -> float | None:
@@ -189,7 +189,7 @@ class RecordChecks:
        (Odoo writes that address last), at most `MAX_SPAN` lines: none of those lines starts
        a record, counts, or teaches a pid.
     2. Once a start-up line (`odoo: Odoo version`, `HTTP service (werkzeug) running on`,
-       `Evented Service (...) running on`, `Worker... (pid) alive`) has given this Odoo's
+       `Evented Service (...) running on`, `Worker WorkerHTTP (pid) alive`) has given this Odoo's
        pids, a record counts only if it carries one of them.
     3. A record's own stamp must be within `SKEW` seconds of a time the writer cannot set:
        docker's stamp of the line (modulo a whole number of quarter hours: Odoo writes local
