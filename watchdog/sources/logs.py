@@ -15,6 +15,11 @@ Counting
     its arrival (files, see below); the value counts the seconds from `floor(now - window)` to
     now, so the window is exact to the second.
 
+Forged records
+    With `record_checks` (the default), a matching line counts only if it is a record Odoo
+    wrote, not a line forged inside a failed login's raw login: `RecordChecks` in
+    `logcount.py`, and README.md "Log transports and forged records" for what it stops.
+
 The transports are `logfile.py` (rotation, truncation, the first read of a file) and
 `logdocker.py` (docker's `since` boundary, tails); both count with `logcount.py`. This module
 keeps one cursor per rule and colour and turns its count into a Measurement.
