@@ -997,3 +997,27 @@ def test_a_password_check_costs_about_a_third_of_a_second(v17: StandinProcess) -
     assert 0.3 <= timed("odoo", "admin", "admin", {}) < 1.0
     assert 0.3 <= timed("odoo", "admin", "wrong", {}) < 1.0  # a wrong password as well
     assert timed("odoo", "nobody", "admin", {}) < 0.2  # no such user: no hash to check
+
+
+@pytest.mark.parametrize(
+    ("version", "server_version", "http10", "odoo_route"),
+    [
+        ("16.0", "16.0-20250909", True, False),
+        ("17.0", "17.0-20250225", True, False),
+        ("18.0", "18.0-20250421", False, True),
+        ("19.0", "19.0-20251002", False, True),
+    ],
+)
+async def test_each_version_answers_as_its_series_does(
+    make_client: MakeClient, version: str, server_version: str, http10: bool, odoo_route: bool
+) -> None:
+    client = await make_client(version=version)
+    _, body = await rpc(client, "/web/webclient/version_info", {})
+    assert body["result"]["server_version"] == server_version
+    assert body["result"]["server_version_info"][:2] == [int(version[:2]), 0]
+    health = await client.get("/web/health", params={"db_server_status": "1"})
+    assert ("db_server_status" in await health.json()) is not http10  # 18 on: the db check
+    assert (health.version.minor == 0) is http10
+    assert ("Connection" not in health.headers) is http10  # 18 on: Connection: close
+    odoo = await client.get("/odoo", allow_redirects=False)
+    assert odoo.status == (303 if odoo_route else 404)

@@ -1,4 +1,4 @@
-"""The Odoo stand-in: an aiohttp app that speaks Odoo 17's HTTP and RPC surface on loopback.
+"""The Odoo stand-in: an aiohttp app that speaks Odoo 16-19's HTTP and RPC surface on loopback.
 
 Real Odoo cannot be installed in the lab, so this answers what the watchdog, the load clients
 and the demo ask of an Odoo worker: `/web/health` (and `?db_server_status=1`), `/web/login`,
@@ -6,6 +6,12 @@ and the demo ask of an Odoo worker: `/web/health` (and `?db_server_status=1`), `
 `/jsonrpc`, `/websocket/health`; it writes Odoo-format log lines, and faults can be injected
 while it runs through `/__lab__/faults`. Every response says which colour answered
 (`X-Odoo-Color`, `X-Odoo-Version`).
+
+It answers as real Odoo 17 and 18 were seen to, per version (`--version`): no keep-alive
+(HTTP/1.0 on 16/17, `Connection: close` on 18/19), absolute redirects on 16/17, `/odoo` from 18,
+`?db_server_status=1` honoured from 18, XML-RPC faults logged from 18, werkzeug's error pages,
+a CSRF token needed by unsafe methods on http routes, a 500 without a Host header, and a
+password check that costs `--password-cost` seconds (0.35 by default, as Odoo's pbkdf2).
 
 Run one: `python -m watchdog.lab.standin --port 8069 --color green --log-file odoo.log`, or
 `StandinProcess("green", workdir).start()` from Python.
