@@ -5,7 +5,7 @@ as Odoo's res_users `_login` does), and the count is the one the daemon's logs s
 
 Transports: the stand-in's log file (the stand-in on loopback), and docker (the stand-in run as
 PID 1 of a busybox container with the host's Python bound in read-only, `--network host`, logging
-to stdout, as the official image runs Odoo). The counts asserted are the ones README.md
+to stdout, as the official image runs Odoo). The counts asserted are the ones docs/logs.md
 "Log transports and forged records" documents: 0 for every variant the record checks stop, 1
 for the residual ones.
 """
