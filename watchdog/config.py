@@ -10,6 +10,7 @@ checks the config and every rule file it names together.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,16 +142,32 @@ class ColorConfig(_Strict):
     url: str
     container: str | None = None
     log_file: Path | None = None
+    # A unix datagram socket the daemon binds for Odoo's `--syslog` records (relative: to the
+    # config's folder, resolved by `load`); watchdog/sources/logsyslog.py, docs/logs.md.
+    syslog: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         return http_url(value)
 
+    @field_validator("syslog")
+    @classmethod
+    def _syslog(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        text = str(value)
+        if not text or text == "." or text.endswith("/") or "\0" in text:
+            raise ValueError(f"syslog {text!r}: give the path of a socket file, "
+                             "e.g. /run/odoo-watchdog/odoo-green.sock")
+        return value
+
     @model_validator(mode="after")
     def _one_log(self) -> ColorConfig:
-        if self.container is not None and self.log_file is not None:
-            raise ValueError("give container or log_file, not both")
+        given = [k for k in ("container", "log_file", "syslog") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of container, log_file and syslog (got "
+                             f"{' and '.join(given)}): a colour's logs come from one place")
         return self
 
 
@@ -274,16 +291,20 @@ def load(config_path: Path) -> LoadedConfig:
     config_doc = read(config_path, display)
     problems: list[Problem] = []
     config: DaemonConfig | None = None
+    warnings: list[str] = []
     try:
         config = validate(DaemonConfig, config_doc)
         patterns = list(config.rule_files)
+        config, syslog_problems, syslog_warnings = _syslog_paths(config, config_doc,
+                                                                 config_path.parent)
+        problems.extend(syslog_problems)
+        warnings.extend(syslog_warnings)
     except ConfigError as exc:
         problems.extend(exc.problems)
         raw = config_doc.data.get("rule_files") if isinstance(config_doc.data, dict) else None
         ok = isinstance(raw, list) and all(isinstance(p, str) for p in raw)
         # still check the rule files we can find
         patterns = [str(p) for p in raw] if ok and isinstance(raw, list) else []
-    warnings: list[str] = []
     rules: list[AnyRule] = []
     origins: dict[str, RuleOrigin] = {}
     paths = rule_paths(config_path, patterns, warnings)
@@ -311,6 +332,51 @@ def load(config_path: Path) -> LoadedConfig:
     if token is not None and not secret_path(token, config_path.parent).is_file():
         warnings.append(f"api.token_file {token} does not exist yet")
     return LoadedConfig(config_path, config, rules, origins, paths, warnings)
+
+
+# A unix socket's path fits in sockaddr_un.sun_path: 108 bytes with the final NUL.
+SUN_PATH_MAX = 107
+
+
+def _syslog_paths(
+    config: DaemonConfig, doc: Document, config_dir: Path
+) -> tuple[DaemonConfig, list[Problem], list[str]]:
+    """`config` with every colour's `syslog` made absolute (relative to the config's folder),
+    the problems (a path too long for a unix socket, one socket for two colours) and warnings
+    (a folder that does not exist yet: the daemon creates none)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    seen: dict[Path, str] = {}
+    sites: dict[str, SiteConfig] = {}
+    for name, site in config.sites.items():
+        colors: dict[str, ColorConfig] = {}
+        for color, spec in site.colors.items():
+            if spec.syslog is not None:
+                full = spec.syslog if spec.syslog.is_absolute() else config_dir / spec.syslog
+                full = Path(os.path.normpath(full.absolute()))
+                key = f"sites.{name}.colors.{color}.syslog"
+                line = doc.line_of(("sites", name, "colors", color, "syslog"))
+                size = len(os.fsencode(full))
+                if size > SUN_PATH_MAX:
+                    problems.append(Problem(doc.file, line,
+                                            f"{key} {full}: {size} bytes, longer than a unix "
+                                            f"socket's path can be ({SUN_PATH_MAX}); use a "
+                                            "shorter one, e.g. /run/odoo-watchdog/"
+                                            f"{spec.server}.sock"))
+                if full in seen:
+                    problems.append(Problem(doc.file, line,
+                                            f"{key} {full} is also {seen[full]}: each colour "
+                                            "needs a socket of its own (a record does not say "
+                                            "which Odoo sent it)"))
+                seen.setdefault(full, key)
+                if not full.parent.is_dir():
+                    warnings.append(f"{key}: folder {full.parent} does not exist yet (the "
+                                    "daemon creates no folder; systemd's RuntimeDirectory= "
+                                    "can)")
+                spec = spec.model_copy(update={"syslog": full})
+            colors[color] = spec
+        sites[name] = site.model_copy(update={"colors": colors})
+    return config.model_copy(update={"sites": sites}), problems, warnings
 
 
 def _cross_check(rule: AnyRule, config: DaemonConfig, doc: Document, index: int) -> list[Problem]:

@@ -124,9 +124,9 @@ class LogsRule(RuleBase):
 
     def site_problems(self, site_name: str, site: SiteConfig) -> list[str]:
         return [f"rule {self.name!r} reads logs, but site {site_name!r} colour {color!r} has "
-                "neither container nor log_file"
+                "neither container nor log_file nor syslog"
                 for color, spec in site.colors.items()
-                if spec.container is None and spec.log_file is None]
+                if spec.container is None and spec.log_file is None and spec.syslog is None]
 
 
 class HttpRule(RuleBase):

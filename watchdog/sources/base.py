@@ -40,6 +40,7 @@ class Target:
     interval: float
     container: str | None = None
     log_file: Path | None = None
+    syslog: Path | None = None
 
     def variables(self) -> dict[str, str]:
         return {
@@ -64,6 +65,7 @@ class Target:
             interval=site.rollout.interval,
             container=spec.container,
             log_file=spec.log_file,
+            syslog=spec.syslog,
         )
 
 

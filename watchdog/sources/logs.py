@@ -40,11 +40,12 @@ from typing import Any
 from watchdog.config import DaemonConfig
 from watchdog.durations import format_duration
 from watchdog.measurement import Measurement
-from watchdog.rulefiles import LogsRule
+from watchdog.rulefiles import DEFAULT_LOG_PATTERN, LogsRule
 from watchdog.sources.base import Target, register
 from watchdog.sources.logcount import ReadResult, SecondRing, docker_lines, plain_lines
 from watchdog.sources.logdocker import DockerCursor, DockerReader
 from watchdog.sources.logfile import FileCursor, FileReader
+from watchdog.sources.logsyslog import SyslogError, SyslogReceiver
 
 __all__ = [
     "DockerCursor",
@@ -92,11 +93,17 @@ class LogsSource:
         self._files = FileReader(clock, timeout)
         self._docker = DockerReader(docker_host, timeout, clock)
         self._patterns: dict[str, Callable[[str], Any]] = {}
+        # syslog sockets by path: used on the event loop only, bound on first use
+        self._receivers: dict[str, SyslogReceiver] = {}
+        self._receivers_used: dict[str, float] = {}
+        self._binding = asyncio.Lock()
 
     # -- the Source protocol ---------------------------------------------------------------
 
     async def measure(self, rule: LogsRule, target: Target) -> Measurement:
         started = time.time()
+        if target.syslog is not None:
+            return await self._measure_syslog(rule, target.syslog, started)
         if target.container:
             where = f"container {target.container}"
             key: tuple[Any, ...] = ("docker", target.container)
@@ -105,8 +112,8 @@ class LogsSource:
             key = ("file", str(target.log_file))
         else:
             return Measurement.failed(
-                f"site {target.site} colour {target.color} has neither container nor log_file",
-                started, time.time())
+                f"site {target.site} colour {target.color} has neither container nor log_file "
+                "nor syslog", started, time.time())
         key = (rule.name, rule.pattern, rule.window, rule.record_checks, target.site,
                target.color, *key)
         loop = asyncio.get_running_loop()
@@ -124,6 +131,10 @@ class LogsSource:
                                       started, time.time())
 
     async def close(self) -> None:
+        receivers = list(self._receivers.values())
+        self._receivers.clear()
+        for receiver in receivers:
+            receiver.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._states_lock:
             states = list(self._states.values())
@@ -135,6 +146,49 @@ class LogsSource:
                 finally:
                     state.lock.release()
         self._docker.close()
+
+    # -- on the event loop: a colour's syslog socket --------------------------------------------
+
+    async def _measure_syslog(self, rule: LogsRule, path: Path, started: float) -> Measurement:
+        where = f"syslog {path}"
+        try:
+            receiver = await self._receiver(path)
+        except SyslogError as exc:
+            return Measurement.failed(str(exc), started, time.time())
+        except OSError as exc:
+            return Measurement.failed(f"{where}: {exc.strerror or exc}", started, time.time())
+        default = rule.pattern == DEFAULT_LOG_PATTERN
+        search = None if default else self._search(rule.pattern)
+        count = receiver.count(rule.window, search)
+        records = "record" if count == 1 else "records"
+        which = "at err or worse" if default else "at err or worse matching pattern"
+        detail = (f"{count} {records} {which} in {format_duration(rule.window)} "
+                  f"({receiver.received:,} received, {receiver.malformed:,} malformed) "
+                  f"from {where}")
+        if receiver.dropped:
+            detail += (f"; {receiver.dropped:,} older records dropped for room (the count is "
+                       "at least this)")
+        self._forget_idle_receivers()
+        return Measurement(float(count), None, detail, started, time.time())
+
+    async def _receiver(self, path: Path) -> SyslogReceiver:
+        key = str(path)
+        async with self._binding:
+            receiver = self._receivers.get(key)
+            if receiver is None or not receiver.bound:
+                receiver = SyslogReceiver(path, self.clock)
+                await receiver.bind()
+                self._receivers[key] = receiver
+            self._receivers_used[key] = time.monotonic()
+            return receiver
+
+    def _forget_idle_receivers(self) -> None:
+        now = time.monotonic()
+        for key, receiver in list(self._receivers.items()):
+            if now - self._receivers_used.get(key, now) > max(IDLE_STATE, 2 * receiver.window):
+                receiver.close()
+                del self._receivers[key]
+                self._receivers_used.pop(key, None)
 
     # -- in a worker thread ------------------------------------------------------------------
 

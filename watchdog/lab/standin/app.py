@@ -400,6 +400,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--log-stdout", action="store_true")
     parser.add_argument(
+        "--syslog",
+        type=Path,
+        default=None,
+        metavar="SOCKET",
+        help="log as Odoo's --syslog does, to this unix datagram socket (Odoo's /dev/log), "
+        "instead of --log-file and --log-stdout",
+    )
+    parser.add_argument(
         "--password-cost",
         type=float,
         default=PASSWORD_COST,
@@ -414,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         password=args.password,
         log_file=args.log_file,
         log_stdout=args.log_stdout,
+        syslog=args.syslog,
         password_cost=args.password_cost,
     )
     app = create_app(settings)

@@ -10,6 +10,8 @@ it per request in CURRENT_DB, which the middleware and the RPC services set as O
 from __future__ import annotations
 
 import contextvars
+import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -28,14 +30,28 @@ class OdooLog:
     "query_count query_time remaining_time", all others an empty perf_info (a trailing space).
     The file is reopened when it is moved away (Odoo uses a WatchedFileHandler). Each record is
     written and flushed at once.
+
+    With `syslog` (Odoo's `--syslog`, the socket Odoo knows as /dev/log), records go there
+    instead of the file and stdout, as odoo/netsvc.py `init_logger` does: through
+    `logging.handlers.SysLogHandler` (so `<PRI>` from the level, facility user, a final NUL),
+    one datagram per record, formatted `<release>:%(dbname)s:%(levelname)s:%(name)s:%(message)s`
+    where `release` is `Odoo Server <version>`, with the traceback after a newline and no
+    perf_info.
     """
 
-    def __init__(self, path: Path | None, to_stdout: bool) -> None:
+    def __init__(self, path: Path | None, to_stdout: bool, *, syslog: Path | None = None,
+                 release: str = "Odoo Server 17.0") -> None:
         self.path = path
         self.to_stdout = to_stdout
+        self.syslog = syslog
+        self.release = release
         self._lock = threading.Lock()
         self._stream: IO[str] | None = None
         self._ident: tuple[int, int] | None = None
+        self._handler: logging.handlers.SysLogHandler | None = None
+        if syslog is not None:
+            self._handler = logging.handlers.SysLogHandler(str(syslog))
+            self._handler.setFormatter(logging.Formatter("%(message)s"))
 
     def write(
         self,
@@ -49,6 +65,9 @@ class OdooLog:
     ) -> None:
         if dbname is None:
             dbname = CURRENT_DB.get()
+        if self._handler is not None:
+            self._send(level, f"{self.release}:{dbname}:{level}:{name}:{message}", exc_text)
+            return
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         msecs = int(now % 1 * 1000)
@@ -83,8 +102,20 @@ class OdooLog:
                 sys.stdout.write(text)
                 sys.stdout.flush()
 
+    def _send(self, level: str, text: str, exc_text: str | None) -> None:
+        """One datagram, as Odoo's SysLogHandler sends it (its format appends the traceback
+        after a newline, logging.Formatter.format)."""
+        assert self._handler is not None
+        if exc_text:
+            text += "\n" + exc_text.rstrip("\n")
+        record = logging.makeLogRecord({"msg": text, "levelname": level,
+                                        "levelno": logging.getLevelName(level)})
+        self._handler.handle(record)
+
     def close(self) -> None:
         with self._lock:
             if self._stream is not None:
                 self._stream.close()
                 self._stream = None
+            if self._handler is not None:
+                self._handler.close()

@@ -21,7 +21,10 @@ class StandinProcess(LabProgram):
         *,
         log_stdout: bool = False,
         password_cost: float | None = None,
+        syslog: Path | None = None,
     ) -> None:
+        """`syslog`: log as Odoo's `--syslog` to this unix datagram socket, instead of
+        `log_file` (which then stays unwritten, as Odoo's does)."""
         self.color = color
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
@@ -45,6 +48,9 @@ class StandinProcess(LabProgram):
         ]
         if log_stdout:
             argv.append("--log-stdout")
+        self.syslog = syslog
+        if syslog is not None:
+            argv += ["--syslog", str(syslog)]
         if password_cost is not None:  # None: the stand-in's default, Odoo's ~0.35 s
             argv += ["--password-cost", str(password_cost)]
         project_root = str(Path(__file__).resolve().parents[3])

@@ -39,6 +39,8 @@ class StandinSettings:
     password: str = "admin"  # noqa: S105 (the lab's throwaway admin)
     log_file: Path | None = None
     log_stdout: bool = False
+    #: Odoo's --syslog: every record one datagram to this unix socket, instead of the file/stdout.
+    syslog: Path | None = None
     #: Seconds one password check takes (a login, or an RPC call's first check of a password).
     password_cost: float = PASSWORD_COST
 
@@ -69,7 +71,9 @@ class Standin:
     def __init__(self, settings: StandinSettings) -> None:
         self.settings = settings
         self.faults = Faults()
-        self.log = OdooLog(settings.log_file, settings.log_stdout)
+        release = f"Odoo Server {version_info(settings.version)['server_version']}"
+        self.log = OdooLog(settings.log_file, settings.log_stdout, syslog=settings.syslog,
+                           release=release)
         self.backend = OdooBackend(
             db=settings.db,
             login=settings.login,
