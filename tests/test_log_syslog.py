@@ -31,7 +31,7 @@ import pytest
 from tests.test_log_injection import VARIANTS, Odoo
 from watchdog.config import LogsRule, load
 from watchdog.lab.standin import StandinProcess, set_faults
-from watchdog.sources.base import Target
+from watchdog.sources.base import Target, create
 from watchdog.sources.logs import LogsSource
 from watchdog.sources.logsyslog import parse
 
@@ -275,6 +275,33 @@ async def test_real_errors_among_the_attacks(green: Green) -> None:
     await green.attack("y from 127.0.0.1\n" + green.odoo.forged())
     assert await green.call(raw_get_without_host, green.standin.port) == 500
     assert await green.barrier(r) == 5
+
+
+async def test_every_configured_socket_is_bound_at_the_first_measurement(
+    standin: StandinProcess, sockdir: Path, tmp_path: Path
+) -> None:
+    """The daemon's logs source binds both colours' sockets when it first measures the live
+    one, so the candidate's Odoo has a socket and its errors before the rollout targets it
+    count, as a file or a container's window would."""
+    assert standin.syslog is not None
+    blue_sock = sockdir / "odoo-blue.sock"
+    (tmp_path / "rules.yml").write_text(RULES)
+    (tmp_path / "watchdog.yml").write_text(CONFIG.format(blue=f"syslog: {blue_sock}",
+                                                         green=f"syslog: {standin.syslog}"))
+    loaded = load(tmp_path / "watchdog.yml")
+    logs = create("logs", loaded.config)
+    assert isinstance(logs, LogsSource)
+    try:
+        blue = Target.of("odoo", loaded.config.sites["odoo"], "blue")
+        m = await logs.measure(rule(), blue)
+        assert m.error is None and m.value == 0, m
+        assert stat.S_ISSOCK(os.lstat(standin.syslog).st_mode)  # green's, not measured yet
+        g = Green(standin, logs)
+        await g.call(set_faults, standin.url, log_errors=2)
+        assert await g.barrier(rule()) == 2
+    finally:
+        await logs.close()
+    assert not blue_sock.exists() and not standin.syslog.exists()
 
 
 # ---------------------------------------------------------------------------------------------

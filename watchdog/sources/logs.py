@@ -1,5 +1,6 @@
 """`source: logs`: lines matching a rule's `pattern` in the last `window`, from a colour's
-container (through the docker SDK) or from its `log_file`.
+container (through the docker SDK) or from its `log_file`; or, for a colour with `syslog`, the
+records Odoo's `--syslog` sent to the daemon's socket at err or worse (`logsyslog.py`).
 
 The value is the number of matching lines in the window. Each (rule, colour) keeps a cursor, so
 every tick reads only what was written since the last one: no line is counted twice and none is
@@ -23,15 +24,24 @@ Forged records
 The transports are `logfile.py` (rotation, truncation, the first read of a file) and
 `logdocker.py` (docker's `since` boundary, tails); both count with `logcount.py`. This module
 keeps one cursor per rule and colour and turns its count into a Measurement.
+
+Syslog
+    A colour's `syslog` socket is read on the event loop, not in a worker: every record is one
+    datagram, so there are no lines and no cursor. It counts when its `<PRI>` severity is err
+    or worse (the logging level, which no message text sets), and with a pattern other than
+    the default when `pattern` is found in the record's whole text; `record_checks` does not
+    apply. The config's sockets are all bound at the first measurement of any rule and kept
+    until `close` (docs/rules.md, docs/logs.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +91,13 @@ class LogsSource:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.time,
         workers: int = WORKERS,
+        syslog: Sequence[Path] = (),
     ) -> None:
         """`docker_host`: a docker base URL (`unix:///var/run/docker.sock`); None reads
-        DOCKER_HOST like the docker CLI. `clock`: wall-clock seconds (tests pass a fake one)."""
+        DOCKER_HOST like the docker CLI. `clock`: wall-clock seconds (tests pass a fake one).
+        `syslog`: the config's syslog sockets, every one bound at the first measurement of
+        any logs rule (the colour not measured yet keeps its records, and its Odoo finds a
+        socket), kept until `close`; a socket of another path is bound when first measured."""
         self.docker_host = docker_host
         self.timeout = timeout
         self.clock = clock
@@ -97,11 +111,14 @@ class LogsSource:
         self._receivers: dict[str, SyslogReceiver] = {}
         self._receivers_used: dict[str, float] = {}
         self._binding = asyncio.Lock()
+        self._configured = tuple(dict.fromkeys(str(p) for p in syslog))
 
     # -- the Source protocol ---------------------------------------------------------------
 
     async def measure(self, rule: LogsRule, target: Target) -> Measurement:
         started = time.time()
+        if self._configured:
+            await self._bind_configured()
         if target.syslog is not None:
             return await self._measure_syslog(rule, target.syslog, started)
         if target.container:
@@ -182,9 +199,20 @@ class LogsSource:
             self._receivers_used[key] = time.monotonic()
             return receiver
 
+    async def _bind_configured(self) -> None:
+        """Bind each of the config's sockets not bound yet; a failure shows when its colour
+        is measured (which tries again)."""
+        for key in self._configured:
+            receiver = self._receivers.get(key)
+            if receiver is None or not receiver.bound:
+                with contextlib.suppress(SyslogError, OSError):
+                    await self._receiver(Path(key))
+
     def _forget_idle_receivers(self) -> None:
         now = time.monotonic()
         for key, receiver in list(self._receivers.items()):
+            if key in self._configured:
+                continue
             if now - self._receivers_used.get(key, now) > max(IDLE_STATE, 2 * receiver.window):
                 receiver.close()
                 del self._receivers[key]
@@ -271,4 +299,5 @@ class LogsSource:
 
 @register("logs", LogsRule)
 def _factory(config: DaemonConfig) -> LogsSource:
-    return LogsSource()
+    return LogsSource(syslog=[spec.syslog for site in config.sites.values()
+                              for spec in site.colors.values() if spec.syslog is not None])

@@ -12,7 +12,8 @@ The daemon binds the socket (`SyslogReceiver.bind`, on the first measurement of 
 socket file gets mode 0660, a stale one from an earlier run is replaced, one that another live
 process listens on is an error, and it is removed on close (only if it is still this one's).
 Records arrive on the event loop and go to a bounded ring: only those at err or worse (the only
-ones a rule counts), for the largest window measured, at most MAX_RECORDS and MAX_BYTES.
+ones a rule counts), for the largest window measured (at least KEEP, 5 minutes), at most
+MAX_RECORDS and MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ERR", "MAX_BYTES", "MAX_RECORDS", "SEVERITIES", "SyslogError", "SyslogReceiver",
+__all__ = ["ERR", "KEEP", "MAX_BYTES", "MAX_RECORDS", "SEVERITIES", "SyslogError", "SyslogReceiver",
            "parse"]
 
 #: The lowest (least severe) syslog severity a record needs to count: err.
 ERR = 3
 SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 MAX_RECORDS = 10_000
+#: Seconds of records kept before a larger window is measured (a logs rule's default window).
+KEEP = 300.0
 MAX_BYTES = 16 * 1024 * 1024
 SOCKET_MODE = 0o660
 
@@ -77,7 +80,7 @@ class SyslogReceiver(asyncio.DatagramProtocol):
     def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self.path = path
         self.clock = clock
-        self.window = 0.0  # the largest window measured on it
+        self.window = KEEP  # the largest window measured on it, at least KEEP
         self.records: deque[Record] = deque()
         self.bytes = 0
         self.received = 0
@@ -171,7 +174,7 @@ class SyslogReceiver(asyncio.DatagramProtocol):
 
     def _trim(self, now: float) -> None:
         records = self.records
-        horizon = now - max(self.window, 1.0) - 1.0
+        horizon = now - self.window - 1.0
         while records and (records[0].received < horizon or len(records) > MAX_RECORDS
                            or self.bytes > MAX_BYTES):
             old = records.popleft()
