@@ -240,7 +240,9 @@ async def test_sites_lists_every_site_with_weights_phase_and_rule_states(
     assert site["live"] == "blue"
     assert site["weights"] == BLUE
     assert site["actual_weights"] == BLUE
-    assert site["router"] == {"kind": "haproxy", "error": None}
+    up = {"state": "UP", "check": "L7OK 200", "down": False}  # HAProxy's own check of each
+    assert site["router"] == {"kind": "haproxy", "error": None,
+                              "servers": {"blue": up, "green": up}}
     assert site["interval"] == 1.0
     assert "events" not in site
     rules = {r["name"]: r for r in site["rules"]}

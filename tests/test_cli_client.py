@@ -142,6 +142,7 @@ def test_status_shows_phase_weights_and_each_rule(lab: LabStack) -> None:
     # Green gets no requests, blue neither outside a test: HAProxy's 5xx share is 0/0, no data.
     assert rule_row("error_rate", "blue", "holding", "no data", "<= 0.05").search(out), out
     assert rule_row("health", "blue", "ok", "1", ">= 1").search(out), out
+    assert "\n  proxy checks: blue UP (L7OK 200), green UP (L7OK 200)\n" in out + "\n", out
     assert "\x1b" not in out
 
 

@@ -127,11 +127,6 @@ def render_site(site: dict[str, Any]) -> str:
         lines.append(f"  router reports {_weights(actual)} (being put back)")
     if site.get("router", {}).get("error"):
         lines.append(f"  router error: {site['router']['error']}")
-    servers = site.get("router", {}).get("servers") or {}
-    if servers:
-        lines.append("  proxy checks: " + ", ".join(
-            f"{color} {s['state']}" + (f" ({s['check']})" if s.get("check") else "")
-            for color, s in servers.items()))
     if ro:
         version = f" {ro['version']}" if ro.get("version") else ""
         lines.append(f"  rollout {ro['id']}: {ro['from']} -> {ro['to']}{version}, "
@@ -153,6 +148,11 @@ def render_site(site: dict[str, Any]) -> str:
             value = "no data" if r["value"] is None else f"{r['value']:.4g}"
             lines.append(f"  {r['name']:<20}{r['color']:<8}{r['state']:<9}{value:>12}  "
                          f"{r['threshold']:<16}{format_duration(r['for']):<6}{r['on_fire']:<9}")
+    servers = site.get("router", {}).get("servers") or {}
+    if servers:  # after the rules: the proxy's own checks, which can hold a rollout too
+        lines.append("  proxy checks: " + ", ".join(
+            f"{color} {s['state']}" + (f" ({s['check']})" if s.get("check") else "")
+            for color, s in servers.items()))
     for event in site.get("events", [])[-5:]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
         lines.append(f"  {stamp} {event['kind']}: {event['message']}")
