@@ -17,8 +17,8 @@ Run one: `python -m watchdog.lab.standin --port 8069 --color green --log-file od
 `StandinProcess("green", workdir).start()` from Python.
 
 The modules, one purpose each:
-- `app`: the aiohttp app (`create_app`), its middleware (faults, access log, metrics), the
-  lab's control routes and the command line (`main`, also `__main__`);
+- `app`: the aiohttp app (`create_app`), its middleware (faults, access log, metrics, Host,
+  CSRF) and the lab's control routes; `cli`: the command line (`main`, also `__main__`);
 - `routes`: Odoo's routes (health, login, web client, sessions, JSON-RPC, XML-RPC);
 - `responses`: the bodies as Odoo shapes them (error pages, JSON-RPC and XML-RPC envelopes);
 - `state`: what one app holds (`StandinSettings`, faults, sessions, metrics, log, backend);
@@ -28,7 +28,8 @@ The modules, one purpose each:
 - `process`: `StandinProcess`, a stand-in run as a separate process.
 """
 
-from watchdog.lab.standin.app import create_app, main
+from watchdog.lab.standin.app import create_app
+from watchdog.lab.standin.cli import main
 from watchdog.lab.standin.faults import (
     FAULT_NAMES,
     FaultError,

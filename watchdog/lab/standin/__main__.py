@@ -1,6 +1,6 @@
-"""`python -m watchdog.lab.standin`: run one stand-in in the foreground (see `app.main`)."""
+"""`python -m watchdog.lab.standin`: run one stand-in in the foreground (see `cli.main`)."""
 
-from watchdog.lab.standin.app import main
+from watchdog.lab.standin.cli import main
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,6 @@ middleware that injects faults and writes the access log and metrics, and the co
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -13,7 +12,6 @@ import random
 import time
 import traceback
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,11 +46,8 @@ from watchdog.lab.standin.routes import (
     websocket_health,
     xmlrpc_endpoint,
 )
-from watchdog.lab.standin.state import PASSWORD_COST, STATE, Standin, StandinSettings
+from watchdog.lab.standin.state import STATE, Standin, StandinSettings
 
-DESCRIPTION = (
-    "The Odoo stand-in: an aiohttp app that speaks Odoo 16-19's HTTP and RPC surface on loopback."
-)
 LAB_PREFIX = "/__lab__/"
 _JSON_ROUTES = {
     "/web/webclient/version_info",
@@ -378,70 +373,3 @@ def create_app(settings: StandinSettings) -> web.Application:
     r.add_get("/__lab__/metrics", lab_metrics)
     r.add_get("/__lab__/info", lab_info)
     return app
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m watchdog.lab.standin",
-        description=DESCRIPTION,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8069)
-    parser.add_argument("--color", default="blue")
-    parser.add_argument("--version", default="17.0", help='the Odoo version to claim, e.g. "18.0"')
-    parser.add_argument("--db", default="odoo")
-    parser.add_argument("--login", default="admin")
-    parser.add_argument("--password", default="admin")
-    parser.add_argument("--log-file", type=Path, default=None)
-    parser.add_argument("--log-stdout", action="store_true")
-    parser.add_argument(
-        "--syslog",
-        type=Path,
-        default=None,
-        metavar="SOCKET",
-        help="log as Odoo's --syslog does, to this unix datagram socket (Odoo's /dev/log), "
-        "instead of --log-file and --log-stdout",
-    )
-    parser.add_argument(
-        "--password-cost",
-        type=float,
-        default=PASSWORD_COST,
-        help=f"seconds one password check takes (Odoo's pbkdf2: about {PASSWORD_COST})",
-    )
-    args = parser.parse_args(argv)
-    settings = StandinSettings(
-        color=args.color,
-        version=args.version,
-        db=args.db,
-        login=args.login,
-        password=args.password,
-        log_file=args.log_file,
-        log_stdout=args.log_stdout,
-        syslog=args.syslog,
-        password_cost=args.password_cost,
-    )
-    app = create_app(settings)
-
-    async def announce(_app: web.Application) -> None:
-        app[STATE].log.write(
-            "INFO",
-            "odoo.service.server",
-            f"HTTP service (werkzeug) running on {args.host}:{args.port}",
-        )
-
-    app.on_startup.append(announce)
-    # SIGTERM/SIGINT end run_app gracefully, and main returns: exit status 0.
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=2.0,
-        handle_signals=True,
-    )
