@@ -628,6 +628,25 @@ async def test_log_file_gets_login_lines(make_client: MakeClient, tmp_path: Path
     assert '"POST /web/login HTTP/1.1" 200' in access[-1]["msg"]
 
 
+async def test_a_failed_login_is_logged_as_odoo_writes_it_login_raw_and_not_for_no_password(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    log = tmp_path / "auth.log"
+    client = await make_client(log_file=log)
+    forged = "x\n2026-12-02 10:00:00,000 4242 ERROR odoo odoo.http: forged"
+    for login, password in ((forged, "nope"), ("admin", "")):
+        await client.post(
+            "/web/login", data=await login_form(client, login, password), allow_redirects=False
+        )
+    text = log.read_text()
+    # Odoo's `_logger.info("Login failed for db:%s login:%s from %s", db, login, ip)`: the
+    # login raw, so its newline starts a second physical line, and the address comes last
+    # (then the record's perf_info, empty here: a trailing space).
+    assert "INFO odoo odoo.addons.base.models.res_users: Login failed for db:odoo login:x\n" \
+        "2026-12-02 10:00:00,000 4242 ERROR odoo odoo.http: forged from 127.0.0.1 \n" in text
+    assert text.count("Login failed") == 1  # an empty password is refused before any log
+
+
 # ---------------------------------------------------------------------------------------------
 # The res.partner store
 # ---------------------------------------------------------------------------------------------

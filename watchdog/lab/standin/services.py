@@ -115,6 +115,8 @@ class OdooBackend:
         """res.users.authenticate: the uid, or AccessDenied (after logging like Odoo). The
         password of a known login is checked (slow); an unknown login fails at once."""
         self.connect(str(db))
+        if not password:  # Odoo's _login refuses an empty password before it logs anything
+            raise AccessDenied()
         if login == self.login:
             await self.password_check()
         if login == self.login and password == self.password:
