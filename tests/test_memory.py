@@ -40,15 +40,16 @@ def test_an_alert_counts_until_its_ends_at_passes() -> None:
     assert ends is not None
     assert list(book.views("odoo", "green", "rollback", ends - 1)) == ["alert:Slow"]
     assert book.views("odoo", "green", "rollback", ends) == {}
-    assert book.expire(ends - 1) == set()
-    assert book.expire(ends + 1) == {"odoo"}
+    assert book.expire("odoo", ends - 1) is False
+    assert book.expire("other", ends + 1) is False  # another site's alerts are its own
+    assert book.expire("odoo", ends + 1) is True
     assert book.firing["odoo"] == {}
 
 
 def test_an_alert_without_an_end_counts_until_resolved() -> None:
     book = AlertBook()
     book.receive(payload("firing", "0001-01-01T00:00:00Z"), {"odoo"}, {})
-    assert book.expire(T0 + 10 * 365 * 86400) == set()
+    assert book.expire("odoo", T0 + 10 * 365 * 86400) is False
     book.receive(payload("resolved", "2026-12-01T08:06:00Z"), {"odoo"}, {})
     assert book.views("odoo", "green", "rollback", T0) == {}
 

@@ -154,15 +154,14 @@ class AlertBook:
             self._seen = {fp: self._seen[fp] for book in self.firing.values() for fp in book}
         return receipt
 
-    def expire(self, now: float) -> set[str]:
-        """Drop the alerts whose `endsAt` has passed (Alertmanager counts them resolved even
-        when its resolved notification never arrives); the sites that changed."""
-        changed = set()
-        for site, book in self.firing.items():
-            for fp in [fp for fp, alert in book.items() if alert.expired(now)]:
-                del book[fp]
-                changed.add(site)
-        return changed
+    def expire(self, site: str, now: float) -> bool:
+        """Drop the site's alerts whose `endsAt` has passed (Alertmanager counts them resolved
+        even when its resolved notification never arrives); whether any was dropped."""
+        book = self.firing.get(site, {})
+        ended = [fp for fp, alert in book.items() if alert.expired(now)]
+        for fp in ended:
+            del book[fp]
+        return bool(ended)
 
     def memory(self, site: str) -> list[dict[str, Any]]:
         return [a.to_json() for a in self.firing.get(site, {}).values()]

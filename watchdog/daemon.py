@@ -158,7 +158,7 @@ class Daemon:
     async def _remember(self, name: str) -> None:
         """Store what a restart must not forget: rule states that moved, alerts that ended."""
         rules = self.rules.memory(name)
-        alerts = self.alerts.memory(name) if name in self.alerts.expire(self.clock()) else None
+        alerts = self.alerts.memory(name) if self.alerts.expire(name, self.clock()) else None
         if rules is not None or alerts is not None:
             await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts)
 
