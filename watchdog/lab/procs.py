@@ -98,8 +98,10 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         ready_timeout: float = 30.0,
+        user: str | None = None,
     ) -> None:
         self.name = name
+        self._user = user  # run as this user (PostgreSQL refuses root); None: as we are
         self.argv = list(argv)
         self.log_path = log_path
         self._ready = ready
@@ -128,6 +130,7 @@ class ManagedProcess:
                 env=env,
                 cwd=self._cwd,
                 start_new_session=True,
+                user=self._user,
             )
         self.wait_ready()
         return self
