@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from watchdog import payloads
@@ -40,9 +40,7 @@ class Alert:
         return self.ends_at is not None and self.ends_at <= now
 
     def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "name": self.name, "site": self.site,
-                "color": self.color, "status": self.status, "starts_at": self.starts_at,
-                "summary": self.summary, "ends_at": self.ends_at}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:

@@ -139,8 +139,8 @@ class Daemon:
         state, name = runtime.state, runtime.name
         target = Target.of(name, runtime.config, state.target)
         measured = await self.rules.measure(name, target, state.phase.value)
-        checked = (await preflight.run(runtime.config, state.rollout,
-                                       await runtime.router.read_health())
+        # The proxy's checks as of the last read-back (at most one interval old).
+        checked = (await preflight.run(runtime.config, state.rollout, runtime.router.health)
                    if state.phase is Phase.PREFLIGHT and state.rollout else None)
         previous_healthy = await preflight.previous_healthy(runtime.config, state, self.clock())
         await self._remember(name)

@@ -103,12 +103,8 @@ class RuleManager:
     def rules_for(self, site: str) -> list[Any]:
         return list(self.loaded.rules_for(site))
 
-    def rule(self, site: str, name: str) -> Rule | None:
-        return next((r for r in self.rules_for(site) if r.name == name), None)
-
-    def on_fire(self, name: str) -> str:
-        rule = next((r for r in self.loaded.rules if r.name == name), None)
-        return str(rule.on_fire) if rule is not None else "notify"
+    def _in_force(self, site: str) -> dict[str, Rule]:
+        return {r.name: r for r in self.rules_for(site)}
 
     async def close(self) -> None:
         for source in self.sources.values():
@@ -164,21 +160,17 @@ class RuleManager:
 
     def views(self, site: str, color: str) -> dict[str, RuleView]:
         """The last known view of each rule for `color`, without measuring."""
-        out: dict[str, RuleView] = {}
-        for (name, c), status in self.statuses.get(site, {}).items():
-            rule = self.rule(site, name)
-            if c == color and rule is not None:
-                out[name] = rule_view(rule, status)
-        return out
+        rules = self._in_force(site)
+        return {name: rule_view(rules[name], status)
+                for (name, c), status in self.statuses.get(site, {}).items()
+                if c == color and name in rules}
 
     def rows(self, site: str) -> list[tuple[Rule, str, RuleStatus]]:
         """(rule, colour, status) of each rule in force that has a state, sorted."""
-        out = []
-        for (name, color), status in sorted(self.statuses.get(site, {}).items()):
-            rule = self.rule(site, name)
-            if rule is not None:
-                out.append((rule, color, status))
-        return out
+        rules = self._in_force(site)
+        return [(rules[name], color, status)
+                for (name, color), status in sorted(self.statuses.get(site, {}).items())
+                if name in rules]
 
     # ------------------------------------------------------------ reload
 

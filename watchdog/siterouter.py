@@ -85,10 +85,10 @@ class SiteRouter:
         self._count("ok", started)
         self.error = None
         self.actual = actual
-        await self.read_health()
+        await self._read_health()
         return actual
 
-    async def read_health(self) -> dict[str, ServerHealth]:
+    async def _read_health(self) -> None:
         """The proxy's view of each colour; unknown (empty) when it cannot be read, which
         never blocks on its own: the rules still judge the colour."""
         try:
@@ -96,7 +96,6 @@ class SiteRouter:
         except RouterError as exc:
             log.warning("router_health_unreadable", site=self.site, error=str(exc))
             self.health = {}
-        return self.health
 
     def views(self, color: str) -> dict[str, RuleView]:
         """The proxy's check as a rule of `color`: holding (a rollout does not advance, a bake
