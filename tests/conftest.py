@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,12 +13,14 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from watchdog.lab.haproxy import HaproxyLab, colour_servers
+from watchdog.lab.postgres import PostgresLab
 from watchdog.lab.procs import free_port
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess, clear_faults
 
 if TYPE_CHECKING:
     from watchdog.lab.stack import LabStack
+    from watchdog.steps.pg import Server
 
 
 @dataclass
@@ -84,6 +86,32 @@ def green(standin: StandinProcess) -> Iterator[StandinProcess]:
     clear_faults(standin.url)
     yield standin
     clear_faults(standin.url)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresLab]:
+    """One PostgreSQL 15 cluster for the session; each test makes databases of its own names
+    (`pg_names` gives fresh ones) and `pg_server` the steps' view of the server."""
+    pg = PostgresLab(tmp_path_factory.mktemp("postgres"))
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+_PG_NAMES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_names() -> Callable[[str], str]:
+    """`pg_names("blue")` -> a database name no other test of the session uses."""
+    return lambda stem: f"t{next(_PG_NAMES)}_{stem}"
+
+
+@pytest.fixture
+def pg_server(postgres: PostgresLab) -> Server:
+    from watchdog.steps.pg import Server
+
+    return Server.parse(f"host=127.0.0.1 port={postgres.port} user=postgres")
 
 
 @pytest.fixture(scope="session")
