@@ -89,6 +89,17 @@ def _summary(loaded: LoadedConfig) -> str:
             f"  site {name}: {site.router.kind} router, live {site.live}, {colors}; "
             f"{site.rollout.strategy} {steps}; {len(loaded.rules_for(name))} rules"
         )
+        if site.database is not None:
+            db = site.database
+            names = (db.names["blue"] if db.strategy == "shared"
+                     else f"blue {db.names['blue']}, green {db.names['green']}")
+            lines.append(f"    database: {db.strategy} ({names})"
+                         + (f", migration {db.migration or 'breaking'}"
+                            if db.strategy == "shared" else "")
+                         + f"; backups in {db.backup.dir}, keep {db.backup.keep}")
+        if site.prepare:
+            lines.append(f"    prepare: {' -> '.join(site.steps)}"
+                         + " (then preflight)")
     by_source = Counter(rule.source for rule in loaded.rules)
     sources = ", ".join(f"{kind} {count}" for kind, count in sorted(by_source.items())) or "none"
     files = len(loaded.rule_files)

@@ -16,8 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from watchdog.dbconfig import (
+    DatabaseConfig,
+    PrepareStep,
+    check_prepare,
+    migrate_settings,
+    step_name,
+)
 from watchdog.routers.registry import RouterConfig
 from watchdog.rulefiles import (
     AnyRule,
@@ -224,6 +238,8 @@ class SiteConfig(_Strict):
     colors: dict[str, ColorConfig]
     live: Color = "blue"
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    database: DatabaseConfig | None = None
+    prepare: list[PrepareStep] = Field(default_factory=list)
 
     @field_validator("colors")
     @classmethod
@@ -243,6 +259,26 @@ class SiteConfig(_Strict):
     def _servers_fit_router(self) -> SiteConfig:
         self.router.check_colors(self.colors)
         return self
+
+    @field_validator("prepare")
+    @classmethod
+    def _prepare(cls, steps: list[Any], info: ValidationInfo) -> list[Any]:
+        check_prepare(steps, info.data.get("database"))
+        return steps
+
+    @model_validator(mode="after")
+    def _prepare_fits(self) -> SiteConfig:
+        if "migrate" in self.steps and migrate_settings(self.prepare).container:
+            bare = [c for c, spec in self.colors.items() if spec.container is None]
+            if bare:
+                raise ValueError(f"migrate with container: true needs each colour's "
+                                 f"container (colour {bare[0]} has none)")
+        return self
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The prepare steps' names, in order."""
+        return tuple(step_name(s) for s in self.prepare)
 
     @property
     def backend(self) -> str:

@@ -50,13 +50,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def check_template(text: str) -> str:
+def check_template(text: str, known: frozenset[str] = TEMPLATE_VARS) -> str:
     """Refuse unknown `{{ x }}` variables and unbalanced braces; return text unchanged."""
     for match in _TEMPLATE.finditer(text):
         var = match.group(1).strip()
-        if var not in TEMPLATE_VARS:
-            known = ", ".join(sorted(TEMPLATE_VARS))
-            raise ValueError(f"unknown template variable {{{{ {var} }}}} (known: {known})")
+        if var not in known:
+            names = ", ".join(sorted(known))
+            raise ValueError(f"unknown template variable {{{{ {var} }}}} (known: {names})")
     rest = _TEMPLATE.sub("", text)
     if "{{" in rest or "}}" in rest:
         raise ValueError("unbalanced '{{' or '}}' in template")
