@@ -5,9 +5,15 @@ it ticks (rule states for the target colour, the split the router reports, smoke
 and operator commands, stores the new state *before* carrying out the actions, and so can be
 killed at any moment and resume from the store.
 
-Phases (docs/rollouts.md): idle -> preflight -> progressing <-> paused -> baking -> promoted;
-any active phase -> rolling_back -> rolled_back; or aborted by an operator. A rollout advances
-only when its step's hold is over and no rule is pending, firing or holding.
+Phases (docs/rollouts.md): idle -> [preparing ->] preflight -> progressing <-> paused -> baking
+-> promoted; any active phase -> rolling_back -> rolled_back; or aborted by an operator. A
+rollout advances only when its step's hold is over and no rule is pending, firing or holding.
+
+`preparing` runs the site's prepare steps (backup, clone, migrate, gate) one by one: the
+machine says which to run (`RunStep`) and hears how it ended (`StepDone`); a failed step aborts
+with traffic untouched. On a shared database whose migration is breaking, once `migrate` has
+run nothing moves traffic back to the old code: a rule that would roll back freezes the
+rollout instead (`frozen`), and the operator decides (`promote`, or restore then `switch`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from watchdog.rollout_types import (
     Action,
     ApplyWeights,
     BadCommand,
+    CancelStep,
     Command,
     Conflict,
     Decision,
@@ -31,12 +38,16 @@ from watchdog.rollout_types import (
     Phase,
     Preflight,
     Promote,
+    Resume,
     Rollout,
     RuleView,
     RunPreflight,
+    RunStep,
     SiteState,
     Start,
     Step,
+    StepDone,
+    StepOutcome,
     Switch,
     Tick,
     Weights,
@@ -55,6 +66,7 @@ __all__ = [
     "Action",
     "ApplyWeights",
     "BadCommand",
+    "CancelStep",
     "Command",
     "Conflict",
     "Decision",
@@ -63,12 +75,16 @@ __all__ = [
     "Phase",
     "Preflight",
     "Promote",
+    "Resume",
     "Rollout",
     "RuleView",
     "RunPreflight",
+    "RunStep",
     "SiteState",
     "Start",
     "Step",
+    "StepDone",
+    "StepOutcome",
     "Switch",
     "Tick",
     "Weights",
@@ -76,6 +92,8 @@ __all__ = [
     "command",
     "initial",
     "other",
+    "resume",
+    "step_done",
     "steps_of",
     "tick",
 ]
@@ -120,10 +138,15 @@ class _Builder:
 # ---------------------------------------------------------------- commands
 
 
-def command(state: SiteState, cmd: Command, now: float, config: RolloutConfig) -> Decision:
-    """An operator's command; raises Conflict when the phase does not allow it."""
+def command(state: SiteState, cmd: Command, now: float, config: RolloutConfig,
+            prepare: tuple[str, ...] = (), shared: bool = False,
+            breaking: bool = False) -> Decision:
+    """An operator's command; raises Conflict when the phase does not allow it.
+
+    `prepare` (the site's prepare steps), `shared` and `breaking` (its database) shape a new
+    rollout; they are the site's settings when it starts, kept in the rollout after."""
     if isinstance(cmd, Start):
-        return _start(state, cmd, now, config)
+        return _start(state, cmd, now, config, prepare, shared, breaking)
     if isinstance(cmd, Promote):
         return _promote(state, cmd, now)
     if isinstance(cmd, Abort):
@@ -131,7 +154,8 @@ def command(state: SiteState, cmd: Command, now: float, config: RolloutConfig) -
     return _switch(state, cmd, now)
 
 
-def _start(state: SiteState, cmd: Start, now: float, config: RolloutConfig) -> Decision:
+def _start(state: SiteState, cmd: Start, now: float, config: RolloutConfig,
+           prepare: tuple[str, ...], shared: bool, breaking: bool) -> Decision:
     if state.active:
         raise Conflict(f"a rollout of {state.site} is already {state.phase}", state.phase)
     if cmd.to not in COLORS:
@@ -145,25 +169,107 @@ def _start(state: SiteState, cmd: Start, now: float, config: RolloutConfig) -> D
     rollout = Rollout(
         id=cmd.id, live=state.live, candidate=cmd.to, version=cmd.version,
         strategy=strategy, steps=steps_of(config, strategy), bake=config.bake,
-        keep_previous=config.keep_previous, phase=Phase.PREFLIGHT, started_at=now, actor=cmd.actor,
+        keep_previous=config.keep_previous,
+        phase=Phase.PREPARING if prepare else Phase.PREFLIGHT, started_at=now, actor=cmd.actor,
         reason=f"{cmd.actor} asked for {cmd.to}" + (f" {cmd.version}" if cmd.version else ""),
+        prepare=tuple(prepare), shared=shared, breaking=breaking and shared,
     )
     b = _Builder(state)
     # A new rollout ends any failback window: the kept colour is about to be replaced.
     b.state = replace(state, rollout=rollout, previous=None, previous_until=None)
-    b.actions.append(RunPreflight(state.live, cmd.to))
     steps = " -> ".join(s.label() for s in rollout.steps)
+    first = f"prepare {' -> '.join(prepare)}, then " if prepare else ""
     b.event("started", f"rollout {rollout.id} {state.live} -> {cmd.to}"
-            + (f" ({cmd.version})" if cmd.version else "") + f", {strategy} {steps}",
+            + (f" ({cmd.version})" if cmd.version else "") + f", {first}{strategy} {steps}",
             actor=cmd.actor)
+    if prepare:
+        _run_step(b, 0, now, "")
+    else:
+        b.actions.append(RunPreflight(state.live, cmd.to))
     return b.done()
+
+
+# ---------------------------------------------------------------- preparing
+
+
+def _run_step(b: _Builder, index: int, now: float, again: str) -> None:
+    rollout = b.rollout(prepare_step=index, prepare_started=now)
+    name = rollout.prepare[index]
+    b.actions.append(RunStep(index, name))
+    b.event("prepare_step", f"step {index + 1}/{len(rollout.prepare)} {name} "
+            f"{again or 'started'}", notify=False)
+
+
+def step_done(state: SiteState, done: StepDone, now: float) -> Decision:
+    """A prepare step ended: the next one, preflight, or the end of the rollout."""
+    rollout = state.rollout
+    b = _Builder(state)
+    if rollout is None or rollout.phase is not Phase.PREPARING \
+            or done.index != rollout.prepare_step:
+        return b.done()  # a step that no longer counts (aborted meanwhile): nothing to do
+    out = done.outcome
+    rollout = b.rollout(prepared=(*rollout.prepared, out), prepare_started=None,
+                        migrated=rollout.migrated or done.migrated)
+    total = len(rollout.prepare)
+    code = f", exit code {out.exit_code}" if out.exit_code is not None else ""
+    took = f"{out.duration:.1f}s"
+    if out.outcome == "passed":
+        b.event("prepare_step", f"step {done.index + 1}/{total} {out.step} passed in {took}"
+                + (f": {out.detail}" if out.detail else "") + code, notify=False)
+        if done.index + 1 < total:
+            _run_step(b, done.index + 1, now, "")
+        else:
+            b.rollout(phase=Phase.PREFLIGHT)
+            b.actions.append(RunPreflight(rollout.live, rollout.candidate))
+        return b.done()
+    why = f"step {out.step} {out.outcome} after {took}{code}: {out.detail}"
+    if rollout.shared and out.step == "migrate" and rollout.migrated:
+        _freeze(b, now, f"{why}; the shared database is half-upgraded and "
+                f"{rollout.live} serves on it: restore the backup (`odoo-watchdog db restore`)")
+        return b.done()
+    b.rollout(phase=Phase.ABORTED, finished_at=now, reason=why)
+    b.event("aborted", f"rollout {rollout.id} aborted while preparing, no traffic moved: {why}")
+    return b.done()
+
+
+def resume(state: SiteState, cmd: Resume, now: float) -> Decision:
+    """After a restart: the step that was running when the daemon stopped runs again from its
+    start (each is safe to repeat), except `migrate`: a half-upgraded database is never
+    upgraded again."""
+    rollout = state.rollout
+    b = _Builder(state)
+    if rollout is None or rollout.phase is not Phase.PREPARING or rollout.preparing is None:
+        return b.done()
+    index, name = rollout.prepare_step, rollout.preparing
+    if name != "migrate":
+        _run_step(b, index, now, "runs again from its start (the daemon restarted)")
+        return b.done()
+    started = rollout.prepare_started or now
+    return step_done(state, StepDone(index, StepOutcome(
+        name, "failed", "the daemon stopped while the migration ran; the candidate's database "
+        "may be half-upgraded and is never upgraded again: clone (or restore) it anew and "
+        "start a new rollout", started, now), migrated=True), now)
+
+
+def _freeze(b: _Builder, now: float, why: str, rule: RuleView | None = None) -> None:
+    rollout = b.state.rollout
+    assert rollout is not None
+    b.rollout(phase=Phase.FROZEN, paused_by=None, reason=why)
+    b.event("frozen", f"rollout {rollout.id} frozen with {rollout.candidate} at "
+            f"{b.state.weights[rollout.candidate]}%: {why}. Traffic stays as it is (the "
+            f"shared database is migrated; old code must not serve it). Decide: `promote`, or "
+            f"`odoo-watchdog db restore` and then `switch`", rule=rule)
 
 
 def _promote(state: SiteState, cmd: Promote, now: float) -> Decision:
     rollout = state.rollout
-    if rollout is None or rollout.phase not in (Phase.PROGRESSING, Phase.PAUSED, Phase.BAKING):
+    if rollout is None or rollout.phase not in (Phase.PROGRESSING, Phase.PAUSED, Phase.BAKING,
+                                                Phase.FROZEN):
         raise Conflict(f"nothing to promote: {state.site} is {state.phase}", state.phase)
     b = _Builder(state)
+    if rollout.phase is Phase.FROZEN:
+        _promoted(b, now, f"{cmd.actor} promoted out of frozen", cmd.actor)
+        return b.done()
     if rollout.phase is Phase.BAKING:
         _promoted(b, now, f"{cmd.actor} promoted before the bake ended", cmd.actor)
         return b.done()
@@ -181,8 +287,24 @@ def _abort(state: SiteState, cmd: Abort, now: float) -> Decision:
     rollout = state.rollout
     if rollout is None or not rollout.active:
         raise Conflict(f"nothing to abort: {state.site} is {state.phase}", state.phase)
+    if rollout.phase is Phase.FROZEN:
+        raise Conflict(f"{state.site} is frozen (the shared database is migrated): `promote`, "
+                       "or `odoo-watchdog db restore` and then `switch`", state.phase)
     b = _Builder(state)
     reason = cmd.reason or "aborted by an operator"
+    if rollout.phase is Phase.PREPARING:
+        step = rollout.preparing
+        b.actions.append(CancelStep(reason))
+        if step == "migrate" and rollout.shared:
+            b.rollout(prepare_started=None, migrated=True)
+            _freeze(b, now, f"{cmd.actor} aborted during migrate ({reason}); the shared "
+                    f"database may be half-upgraded and {rollout.live} serves on it: restore "
+                    "the backup (`odoo-watchdog db restore`)")
+            return b.done()
+        b.rollout(phase=Phase.ABORTED, finished_at=now, reason=reason, prepare_started=None)
+        b.event("aborted", f"rollout {rollout.id} aborted during {step or 'preparing'}: "
+                f"{reason}; no traffic moved", actor=cmd.actor)
+        return b.done()
     b.rollout(phase=Phase.ABORTED, finished_at=now, reason=reason, paused_by=None)
     if state.weights != all_to(rollout.live):
         b.weights(all_to(rollout.live))
@@ -192,11 +314,22 @@ def _abort(state: SiteState, cmd: Abort, now: float) -> Decision:
 
 
 def _switch(state: SiteState, cmd: Switch, now: float) -> Decision:
-    if state.active:
+    frozen = state.rollout is not None and state.rollout.phase is Phase.FROZEN
+    if state.active and not frozen:
         raise Conflict(f"{state.site} has a rollout {state.phase}: abort it first",
                        state.phase)
     if cmd.to not in COLORS:
         raise BadCommand(f"unknown colour {cmd.to!r}: colours are blue and green")
+    if frozen and state.rollout is not None:  # the operator's way out of frozen
+        b = _Builder(state)
+        b.rollout(phase=Phase.ABORTED, finished_at=now,
+                  reason=f"{cmd.actor} switched to {cmd.to} out of frozen")
+        b.state = replace(b.state, live=cmd.to, previous=None, previous_until=None)
+        if state.weights != all_to(cmd.to):
+            b.weights(all_to(cmd.to))
+        b.event("switched", f"manual switch out of frozen: all traffic to {cmd.to}",
+                actor=cmd.actor)
+        return b.done()
     if cmd.to == state.live and state.weights == all_to(cmd.to):
         raise Conflict(f"{cmd.to} already serves all of {state.site}", state.phase)
     b = _Builder(state)
@@ -216,6 +349,8 @@ def tick(state: SiteState, t: Tick) -> Decision:
     if rollout is None or not rollout.active:
         _watch_live(b, t)
         return b.done()
+    if rollout.phase in (Phase.PREPARING, Phase.FROZEN):
+        return b.done()  # steps run off the tick; frozen waits for an operator
     if rollout.phase is Phase.PREFLIGHT:
         _preflight(b, t)
         return b.done()
@@ -228,7 +363,11 @@ def tick(state: SiteState, t: Tick) -> Decision:
     firing = [r for r in t.rules.values() if r.state is State.FIRING]
     rollback = [r for r in firing if r.on_fire == "rollback"]
     if rollback:
-        _roll_back(b, rollback[0], t.now)
+        if rollout.frozen_instead:
+            _freeze(b, t.now, f"rule {rollback[0].name} fired ({_value(rollback[0])})",
+                    rollback[0])
+        else:
+            _roll_back(b, rollback[0], t.now)
         return b.done()
     pausing = [r for r in firing if r.on_fire == "pause"]
     if rollout.phase is Phase.PAUSED:
@@ -263,6 +402,10 @@ def _preflight(b: _Builder, t: Tick) -> None:
     rollout = b.state.rollout
     assert rollout is not None
     firing = [r for r in t.rules.values() if r.state is State.FIRING and r.on_fire == "rollback"]
+    if firing and rollout.frozen_instead:
+        _freeze(b, t.now, f"rule {firing[0].name} fired on {rollout.candidate} in preflight "
+                f"({_value(firing[0])})", firing[0])
+        return
     if firing:
         rule = firing[0]
         b.rollout(phase=Phase.ABORTED, finished_at=t.now,
@@ -276,6 +419,9 @@ def _preflight(b: _Builder, t: Tick) -> None:
     # a colour with no traffic yet has no data). Preflight runs again at the next tick.
     if t.preflight.ok and any(r.state in (State.PENDING, State.FIRING)
                               for r in t.rules.values()):
+        return
+    if not t.preflight.ok and rollout.frozen_instead:
+        _freeze(b, t.now, f"preflight failed: {t.preflight.detail}")
         return
     if not t.preflight.ok:
         b.rollout(phase=Phase.ABORTED, finished_at=t.now,
@@ -324,13 +470,17 @@ def _promoted(b: _Builder, now: float, why: str, actor: str) -> None:
     rollout = b.state.rollout
     assert rollout is not None
     b.rollout(phase=Phase.PROMOTED, finished_at=now, reason=why)
-    b.state = replace(b.state, live=rollout.candidate, previous=rollout.live,
-                      previous_until=now + rollout.keep_previous)
+    # No failback onto a database its code no longer matches.
+    keep = not rollout.frozen_instead
+    b.state = replace(b.state, live=rollout.candidate, previous=rollout.live if keep else None,
+                      previous_until=now + rollout.keep_previous if keep else None)
     if b.state.weights != all_to(rollout.candidate):
         b.weights(all_to(rollout.candidate), drain=True)
+    kept = (f"{rollout.live} kept for failback" if keep else
+            f"no failback to {rollout.live} (the shared database is migrated)")
     b.event("promoted", f"rollout {rollout.id} promoted: {rollout.candidate} is live"
             + (f" ({rollout.version})" if rollout.version else "")
-            + f"; {rollout.live} kept for failback ({why})", actor=actor)
+            + f"; {kept} ({why})", actor=actor)
 
 
 def _roll_back(b: _Builder, rule: RuleView, now: float) -> None:

@@ -18,6 +18,7 @@ Weights = dict[str, int]
 
 class Phase(StrEnum):
     IDLE = "idle"
+    PREPARING = "preparing"
     PREFLIGHT = "preflight"
     PROGRESSING = "progressing"
     PAUSED = "paused"
@@ -26,10 +27,11 @@ class Phase(StrEnum):
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
     ABORTED = "aborted"
+    FROZEN = "frozen"  # shared database, breaking migration: traffic stays, people decide
 
 
-ACTIVE = frozenset({Phase.PREFLIGHT, Phase.PROGRESSING, Phase.PAUSED, Phase.BAKING,
-                    Phase.ROLLING_BACK})
+ACTIVE = frozenset({Phase.PREPARING, Phase.PREFLIGHT, Phase.PROGRESSING, Phase.PAUSED,
+                    Phase.BAKING, Phase.ROLLING_BACK, Phase.FROZEN})
 FINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED})
 PAUSE = "pause"
 
@@ -77,6 +79,23 @@ def steps_of(config: RolloutConfig, strategy: str | None = None) -> tuple[Step, 
 
 
 @dataclass(frozen=True)
+class StepOutcome:
+    """How one prepare step ended (watchdog/steps/), as the rollout keeps it."""
+
+    step: str
+    outcome: str  # passed | failed | cancelled
+    detail: str
+    started: float
+    ended: float
+    exit_code: int | None = None
+    output: tuple[str, ...] = ()  # the last lines of a command's output
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+@dataclass(frozen=True)
 class Rollout:
     id: str
     live: str  # the colour that served 100% before this rollout
@@ -94,6 +113,27 @@ class Rollout:
     reason: str = ""
     finished_at: float | None = None
     actor: str = "daemon"
+    # The preparing phase: its steps, the one running (its index and start, stored before it
+    # begins) and how each ended.
+    prepare: tuple[str, ...] = ()
+    prepare_step: int = -1
+    prepare_started: float | None = None
+    prepared: tuple[StepOutcome, ...] = ()
+    shared: bool = False  # both colours use one database
+    breaking: bool = False  # shared database, migration breaking: no rollback once migrated
+    migrated: bool = False  # `migrate` has started on the (shared) database
+
+    @property
+    def frozen_instead(self) -> bool:
+        """A rollback would put old code on the migrated schema: freeze instead."""
+        return self.breaking and self.migrated
+
+    @property
+    def preparing(self) -> str | None:
+        """The name of the prepare step that runs now, if one does."""
+        if self.phase is Phase.PREPARING and 0 <= self.prepare_step < len(self.prepare):
+            return self.prepare[self.prepare_step]
+        return None
 
     @property
     def active(self) -> bool:
@@ -197,6 +237,22 @@ class Switch:
     actor: str = "api"
 
 
+@dataclass(frozen=True)
+class StepDone:
+    """A prepare step ended (from the daemon's step task); `index` must be the running one."""
+
+    index: int
+    outcome: StepOutcome
+    migrated: bool = False  # a migrate that got as far as running its command
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The daemon started and found this site preparing: no step task runs any more."""
+
+    actor: str = "daemon"
+
+
 Command = Start | Promote | Abort | Switch
 
 
@@ -221,7 +277,22 @@ class Notify:
     message: str
 
 
-Action = ApplyWeights | RunPreflight | Notify
+@dataclass(frozen=True)
+class RunStep:
+    """Start prepare step `index` (its name `step`) off the tick's path."""
+
+    index: int
+    step: str
+
+
+@dataclass(frozen=True)
+class CancelStep:
+    """Stop the running prepare step (a command gets SIGTERM, then SIGKILL)."""
+
+    reason: str
+
+
+Action = ApplyWeights | RunPreflight | Notify | RunStep | CancelStep
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from watchdog.rollout import Event, Phase, Rollout, SiteState, Step
+from watchdog.rollout import Event, Phase, Rollout, SiteState, Step, StepOutcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -96,6 +96,10 @@ def state_from_json(text: str) -> SiteState:
     if rollout is not None:
         rollout["steps"] = tuple(Step(**s) for s in rollout["steps"])
         rollout["phase"] = Phase(rollout["phase"])
+        rollout["prepare"] = tuple(rollout.get("prepare", ()))
+        rollout["prepared"] = tuple(
+            StepOutcome(**{**o, "output": tuple(o.get("output", ()))})
+            for o in rollout.get("prepared", ()))
         data["rollout"] = Rollout(**rollout)
     return SiteState(**data)
 
