@@ -11,6 +11,9 @@ from watchdog.accesslog_metrics import AccessLogCollector
 EVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROUTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Odoo answers from a few ms (static, health) to many seconds (reports, imports).
+# A gate takes milliseconds, a backup or a migration of a large database an hour.
+STEP_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+                3600.0, 7200.0)
 HTTP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 
 
@@ -65,6 +68,21 @@ class Metrics:
         self.config_last_reload_success_timestamp_seconds = Gauge(
             "odoo_watchdog_config_last_reload_success_timestamp_seconds",
             "Time of the last successful config and rule load", registry=r)
+        # The preparing phase (DESIGN.md section 12).
+        self.prepare_step_seconds = Histogram("odoo_watchdog_prepare_step_seconds",
+                                              "Time of one prepare step, by outcome",
+                                              ["site", "step", "outcome"], buckets=STEP_BUCKETS,
+                                              registry=r)
+        self.backup_last_success_timestamp_seconds = Gauge(
+            "odoo_watchdog_backup_last_success_timestamp_seconds",
+            "End of the site's last verified backup", ["site"], registry=r)
+        self.backup_bytes = Gauge("odoo_watchdog_backup_bytes",
+                                  "Size of the site's last verified backup (dump and filestore)",
+                                  ["site"], registry=r)
+        self.migration_blocked_seconds = Gauge(
+            "odoo_watchdog_migration_blocked_seconds",
+            "How long the running migration has waited on a lock another session holds; 0 "
+            "when it does not wait", ["site"], registry=r)
         # odoo_watchdog_http_requests_total{site,color,code},
         # odoo_watchdog_http_request_duration_seconds{site,color} (HTTP_BUCKETS) and the
         # access-log receiver's own counts: read from its plain counters at scrape time.

@@ -96,4 +96,26 @@ def rollout_view(state: SiteState, now: float) -> dict[str, Any] | None:
         "step_label": step.label() if step else None, "step_started": ro.step_started,
         "next_step_in": next_in, "paused_by": ro.paused_by, "reason": ro.reason,
         "started_at": ro.started_at, "finished_at": ro.finished_at,
+        "prepare": prepare_view(state, now),
     }
+
+
+def prepare_view(state: SiteState, now: float) -> list[dict[str, Any]]:
+    """Each prepare step: how it ended, or that it runs (for how long), or that it waits."""
+    ro = state.rollout
+    if ro is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    for index, name in enumerate(ro.prepare):
+        done = ro.prepared[index] if index < len(ro.prepared) else None
+        if done is not None:
+            rows.append({"step": name, "state": done.outcome, "detail": done.detail,
+                         "started": done.started, "ended": done.ended,
+                         "seconds": round(done.duration, 3), "exit_code": done.exit_code,
+                         "output": list(done.output)})
+        elif ro.preparing == name and ro.prepare_started is not None:
+            rows.append({"step": name, "state": "running", "started": ro.prepare_started,
+                         "seconds": round(max(0.0, now - ro.prepare_started), 3)})
+        else:
+            rows.append({"step": name, "state": "waiting" if ro.active else "skipped"})
+    return rows

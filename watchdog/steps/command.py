@@ -2,13 +2,16 @@
 
 The command runs in a process group of its own. When its time is over, or the step is
 cancelled (`abort`), the group gets SIGTERM, then SIGKILL after `grace` seconds: Odoo's
-`--stop-after-init` and pg_dump both stop on SIGTERM, and nothing outlives the step.
+`--stop-after-init` and pg_dump both stop on SIGTERM, and nothing outlives the step. If the
+daemon itself dies (`kill -9`), the kernel sends the command SIGTERM (PR_SET_PDEATHSIG), so
+no orphan keeps writing into a database the next start cleans up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -45,7 +48,7 @@ async def run(argv: Sequence[str], *, timeout: float | None = None,
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=dict(env) if env is not None else None,
-            cwd=cwd, start_new_session=True, limit=1024 * 1024)
+            cwd=cwd, start_new_session=True, limit=1024 * 1024, preexec_fn=die_with_parent)
     except OSError as exc:
         raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     lines: deque[str] = deque(maxlen=tail)
@@ -97,6 +100,16 @@ async def stop(proc: asyncio.subprocess.Process, grace: float) -> None:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def has_error_line(lines: Sequence[str]) -> str | None:
