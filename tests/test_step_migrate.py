@@ -330,3 +330,22 @@ async def test_cleanup_container_removes_a_leftover(docker_client: Any, candidat
     assert _gone(docker_client, candidate + SUFFIX)
     assert not await cleanup_container(candidate, grace=1)
     assert not _gone(docker_client, candidate)  # the candidate itself is left alone
+
+
+@needs_docker
+async def test_cancelling_a_container_migration_stops_and_removes_it(
+        docker_client: Any, candidate: str, pg_server: Server, odoo17: str,
+        tmp_path: Path) -> None:
+    plan = await ContainerPlan.from_container(docker_client, candidate)
+    task = asyncio.create_task(migrate(
+        pg_server, odoo17, ["sh", "-c", "touch started; sleep 60"], timeout=60, lock_wait=30,
+        container=plan, grace=1))
+    for _ in range(100):
+        if (tmp_path / "data" / "started").exists():
+            break
+        await asyncio.sleep(0.1)
+    assert (tmp_path / "data" / "started").exists()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _gone(docker_client, candidate + SUFFIX)
