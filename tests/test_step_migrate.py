@@ -21,7 +21,7 @@ from watchdog.lab.docker import IMAGE, client, docker_unavailable
 from watchdog.lab.postgres import PostgresLab
 from watchdog.steps.base import StepFailed
 from watchdog.steps.locks import Blocker
-from watchdog.steps.migrate import SUFFIX, ContainerPlan, cleanup_container, migrate
+from watchdog.steps.migrate import SUFFIX, ContainerPlan, cleanup_container, migrate, shown
 from watchdog.steps.pg import Server
 
 pytestmark = pytest.mark.lab
@@ -107,6 +107,16 @@ async def test_an_upgrade_that_exits_0_without_errors_passes(
     assert postgres.psql("SELECT latest_version FROM ir_module_module WHERE name = 'base'",
                          dbname=odoo17).strip() == "17.0.1.4"
     assert result.blocked_max < 1
+
+
+async def test_the_command_in_events_has_odoo_passwords_masked(
+        pg_server: Server, odoo17: str, tmp_path: Path) -> None:
+    assert shown(["odoo", "-w", "pw1", "--db_password=pw2", "-d", "x"]) == [
+        "odoo", "-w", "***", "--db_password=***", "-d", "x"]
+    lines: list[str] = []
+    await migrate(pg_server, odoo17, [*script(tmp_path, "marker", odoo17), "-w", "s3cret"],
+                  timeout=30, lock_wait=5, env=pg_server.env(), progress=lines.append)
+    assert lines and not any("s3cret" in line for line in lines), lines
 
 
 async def test_a_missing_database_fails_before_the_command_runs(

@@ -99,7 +99,7 @@ async def migrate(server: Server, database: str, command: Sequence[str], *, time
                           progress=progress, interval=lock_interval)
     watch = asyncio.create_task(watcher.run())
     where = f"in container {container.migration_name}" if container else "as a command"
-    progress(f"migrate: running {' '.join(command)[:200]} {where} on {database}")
+    progress(f"migrate: running {' '.join(shown(command))[:200]} {where} on {database}")
     started = time.monotonic()
     try:
         if container is None:
@@ -135,6 +135,22 @@ async def migrate(server: Server, database: str, command: Sequence[str], *, time
                          f"(Odoo only logs missing module code and unknown module names). "
                          f"{HALF_UPGRADED}", exit_code=code, output=tail, data=data)
     return MigrateResult(code, tail, seconds, watcher.blocked_max)
+
+
+_SECRET_FLAGS = ("-w", "--db_password", "--password")
+
+
+def shown(command: Sequence[str]) -> list[str]:
+    """The command as events may show it: Odoo's password options masked."""
+    out: list[str] = []
+    for arg in command:
+        if out and out[-1] in _SECRET_FLAGS:
+            out.append("***")
+        elif arg.startswith(tuple(f + "=" for f in _SECRET_FLAGS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
 
 
 def _first_line(exc: BaseException) -> str:
