@@ -234,6 +234,9 @@ class ContainerPlan:
         except docker.errors.NotFound:
             raise StepFailed(f"migrate: container {name} does not exist; deploy the "
                              "candidate first (prepare: deploy before migrate)") from None
+        except docker.errors.DockerException as exc:
+            raise StepFailed(f"migrate: cannot inspect container {name}: "
+                             f"{_first_line(exc)}; is dockerd up?") from None
         base_url = getattr(getattr(client, "api", None), "base_url", None)
         return cls.from_attrs(box.attrs, base_url=base_url)
 
