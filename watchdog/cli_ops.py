@@ -137,6 +137,11 @@ def render_site(site: dict[str, Any]) -> str:
                      + (f", paused by {ro['paused_by']}" if ro.get("paused_by") else ""))
         if ro.get("reason"):
             lines.append(f"  reason: {ro['reason']}")
+        for row in ro.get("prepare") or []:
+            took = f" {row['seconds']:.1f}s" if row.get("seconds") is not None else ""
+            code = (f" exit {row['exit_code']}" if row.get("exit_code") is not None else "")
+            detail = f": {row['detail']}" if row.get("detail") else ""
+            lines.append(f"  prepare {row['step']:<8} {row['state']}{took}{code}{detail}")
     if site.get("previous"):
         left = site["previous"]["until"] - time.time()
         lines.append(f"  {site['previous']['color']} kept for failback for {_ago(left)}")

@@ -23,8 +23,22 @@ from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
 from watchdog.config import LoadedConfig
 from watchdog.metrics import Metrics
-from watchdog.rollout import ApplyWeights, Decision, Event, Notify, Phase, RunPreflight, Tick
+from watchdog.prepare import Preparer
+from watchdog.rollout import (
+    ApplyWeights,
+    CancelStep,
+    Decision,
+    Event,
+    Notify,
+    Phase,
+    Resume,
+    RunPreflight,
+    RunStep,
+    StepDone,
+    Tick,
+)
 from watchdog.rulemanager import RuleManager, restart_needed
+from watchdog.secrets import SecretError
 from watchdog.site import SiteRuntime
 from watchdog.siterouter import SiteRouter
 from watchdog.sources import Target, create_all
@@ -55,6 +69,7 @@ class Daemon:
         self.rules = RuleManager(loaded, create_all(loaded.config), self.metrics,
                                  self.notifier.post, clock)
         self.sites: dict[str, SiteRuntime] = {}
+        self.preparer = Preparer(self.metrics, self.store, self.step_done, clock)
         self.scheduler: AsyncIOScheduler | None = None
         self.started = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -71,6 +86,11 @@ class Daemon:
                 raise StartError(f"access_log: cannot listen on {self.access_log.host}:"
                                  f"{self.access_log.port} (UDP): {exc.strerror or exc}") from None
         for name, config in self.loaded.config.sites.items():
+            try:  # the database's dsn_file: read once, never logged
+                self.preparer.configure(name, config, self.loaded.path.parent)
+            except SecretError as exc:
+                raise StartError(str(exc)) from None
+        for name, config in self.loaded.config.sites.items():
             state = await asyncio.to_thread(self.store.load, name)
             if state is None:
                 state = rollout.initial(name, config.live)
@@ -85,6 +105,11 @@ class Daemon:
             site.export(self.metrics, name, state)
             await router.check(state)
             await router.reconcile(state)
+            # Before any step runs: what an interrupted clone, restore or migration left.
+            await self.preparer.clean_up(name, config)
+            if state.phase is Phase.PREPARING:  # the step that ran when the daemon stopped
+                async with runtime.lock:
+                    await self._commit(runtime, rollout.resume(state, Resume(), self.clock()))
             log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
                      weights=state.weights, rules_restored=restored[0],
                      alerts_restored=restored[1])
@@ -104,6 +129,7 @@ class Daemon:
         """Finish the tick in progress, leave traffic as it is."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        await self.preparer.close()
         for runtime in self.sites.values():
             async with runtime.lock:
                 await runtime.router.close()
@@ -225,12 +251,28 @@ class Daemon:
                                    weights=dict(runtime.state.weights))
             elif isinstance(action, RunPreflight):
                 self._tick_soon(runtime.name)
+            elif isinstance(action, RunStep) and runtime.state.rollout is not None:
+                self.preparer.start(runtime.name, runtime.config, runtime.state.rollout, action)
+            elif isinstance(action, CancelStep):
+                self.preparer.cancel(runtime.name)
+
+    async def step_done(self, name: str, done: StepDone) -> None:
+        """A prepare step's task ended: the machine decides what follows."""
+        runtime = self.sites.get(name)
+        if runtime is None:
+            return
+        async with runtime.lock:
+            await self._commit(runtime, rollout.step_done(runtime.state, done, self.clock()))
 
     async def command(self, name: str, cmd: rollout.Command) -> rollout.SiteState:
         self.require_site(name)
         runtime = self.sites[name]
         async with runtime.lock:
-            decision = rollout.command(runtime.state, cmd, self.clock(), runtime.config.rollout)
+            db = runtime.config.database
+            decision = rollout.command(
+                runtime.state, cmd, self.clock(), runtime.config.rollout,
+                prepare=runtime.config.steps, shared=db is not None and db.strategy == "shared",
+                breaking=db is not None and db.breaking)
             await self._commit(runtime, decision)
         return runtime.state
 
@@ -256,9 +298,20 @@ class Daemon:
                             and self.scheduler is not None:
                         self.scheduler.reschedule_job(f"tick:{runtime.name}", trigger="interval",
                                                       seconds=config.rollout.interval)
+                    if config.database != runtime.config.database:
+                        self._reconfigure_database(runtime.name, config, new)
                     runtime.config = config
         self.rules.update(new, self.sites)  # no await inside: atomic for the ticks
         return restart_needed(self.loaded.config, new.config)
+
+    def _reconfigure_database(self, name: str, config: Any, new: LoadedConfig) -> None:
+        """New database settings take effect for the next step; a dsn_file that cannot be
+        read keeps the old ones (and says so)."""
+        try:
+            self.preparer.configure(name, config, new.path.parent)
+        except SecretError as exc:
+            log.error("database_config_kept", site=name, error=str(exc))
+            self.notifier.post(name, "reload_failed", f"database settings not changed: {exc}")
 
     def _reload_failed(self, problems: list[str]) -> None:
         for name in self.sites:

@@ -66,6 +66,7 @@ class LabStack:
         extra_rules: str = "",
         access_log: bool = False,
         notify_url: str | None = None,
+        site_extra: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         self.interval = interval
@@ -82,6 +83,8 @@ class LabStack:
         # HAProxy access logs over UDP syslog to the daemon (docs/configuration.md, access_log)
         self.syslog_port = free_udp_port() if access_log else None
         self.notify_url = notify_url
+        # More keys of the site's config (`database:`, `prepare:`), merged over the rest.
+        self.site_extra = site_extra or {}
         self.api_port = free_port()
         self.blue = StandinProcess("blue", workdir / "blue", version="16.0")
         self.green = StandinProcess("green", workdir / "green", version="17.0")
@@ -142,6 +145,7 @@ class LabStack:
                             "interval": self.interval, "bake": self.bake,
                             "keep_previous": self.keep_previous,
                             "smoke": ["health", "login", "rpc"]},
+                **self.site_extra,
             }},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

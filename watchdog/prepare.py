@@ -1,0 +1,259 @@
+"""The preparing phase as the daemon runs it: each prepare step an asyncio task, off the tick.
+
+The rollout machine says which step to run (`RunStep`) and hears how it ended (`StepDone`),
+through `Daemon.step_done`; this module turns a step's name into the calls of
+`watchdog/steps/` with the site's database settings, writes the step's progress lines into
+the site's events, and times it (`odoo_watchdog_prepare_step_seconds`). `abort` cancels the
+task: a running command gets SIGTERM, then SIGKILL. (backup and clone, and backups by hand,
+are not built yet: the config refuses those steps.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from watchdog.config import SiteConfig
+from watchdog.dbconfig import DatabaseConfig, load_servers, migrate_settings, render_command
+from watchdog.metrics import Metrics
+from watchdog.rollout import Event, Rollout, RunStep, StepDone, StepOutcome
+from watchdog.steps import gate as gate_step
+from watchdog.steps import migrate as migrate_step
+from watchdog.steps.base import StepFailed
+from watchdog.steps.command import CommandError
+from watchdog.steps.pg import Server
+from watchdog.store import Store
+
+log = structlog.get_logger("odoo_watchdog.prepare")
+OUTPUT_LINES = 10  # of a command's last lines, kept in the rollout and its events
+
+
+class DatabaseBusy(Exception):
+    """A database job (a step, a backup, a restore) already runs for the site: the API's 409."""
+
+
+class UnknownBackup(KeyError):
+    """No backup of that id for the site (the API's 404)."""
+
+
+class NoDatabase(Exception):
+    """The site has no `database:` settings (the API's 400)."""
+
+
+@dataclass
+class SiteDatabase:
+    """A site's database settings with its servers (the dsn_file read once, at start)."""
+
+    config: DatabaseConfig
+    servers: dict[str, Server]
+    backup_root: Path
+
+    def server(self, color: str) -> Server:
+        return self.servers[color]
+
+    def name(self, color: str) -> str:
+        return self.config.names[color]  # type: ignore[index]
+
+    def filestore(self, color: str) -> Path | None:
+        fs = self.config.filestore
+        return fs[color] if fs is not None else None  # type: ignore[index]
+
+
+Done = Callable[[str, StepDone], Awaitable[None]]
+
+
+class Preparer:
+    def __init__(self, metrics: Metrics, store: Store, done: Done,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.store = store
+        self.done = done
+        self.clock = clock
+        self.databases: dict[str, SiteDatabase] = {}
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._steps: dict[str, int] = {}  # site -> index of the step its job runs
+        self._blocked_since: dict[str, float | None] = {}  # a migration waiting on a lock
+
+    # ---------------------------------------------------------------- set-up
+
+    def configure(self, site: str, config: SiteConfig, config_dir: Path) -> None:
+        """Read the site's dsn_file (SecretError when it cannot be read or parsed)."""
+        db = config.database
+        if db is None:
+            self.databases.pop(site, None)
+            return
+        root = db.backup.dir if db.backup.dir.is_absolute() else config_dir / db.backup.dir
+        self.databases[site] = SiteDatabase(db, load_servers(db, config_dir, site), root)
+        # Read at scrape time, so the value climbs while the migration waits.
+        self._blocked_since.setdefault(site, None)
+        self.metrics.migration_blocked_seconds.labels(site).set_function(
+            lambda: self._blocked_for(site))
+
+    def _blocked_for(self, site: str) -> float:
+        since = self._blocked_since.get(site)
+        return 0.0 if since is None else max(0.0, self.clock() - since)
+
+    async def clean_up(self, site: str, config: SiteConfig) -> list[str]:
+        """What a crash may have left: temporary databases of a clone or restore, a
+        migration container, half-written backups. Run at start, before any step."""
+        db = self.databases.get(site)
+        if db is None:
+            return []
+        dropped: list[str] = []
+        for color in ("blue", "green"):
+            container = config.colors[color].container
+            if container is not None and migrate_settings(config.prepare).container:
+                with contextlib.suppress(Exception):
+                    if await migrate_step.cleanup_container(container):
+                        dropped.append(f"container {container}-wdmigrate")
+        for name in dropped:
+            self._record(site, "cleanup", f"removed {name}, left by an interrupted "
+                         "migration")
+        return dropped
+
+    def require(self, site: str) -> SiteDatabase:
+        db = self.databases.get(site)
+        if db is None:
+            raise NoDatabase(f"site {site!r} has no database: settings")
+        return db
+
+    # ---------------------------------------------------------------- steps
+
+    def start(self, site: str, config: SiteConfig, rollout: Rollout, action: RunStep) -> None:
+        """Run the step as a task; its end goes to `done` (also when it fails)."""
+        self.cancel(site)
+        self._steps[site] = action.index
+        self._spawn(site, self._run(site, config, rollout, action))
+
+    def cancel(self, site: str) -> None:
+        job = self._jobs.pop(site, None)
+        if job is not None and not job.done():
+            job.cancel()
+
+    def running(self, site: str) -> bool:
+        job = self._jobs.get(site)
+        return job is not None and not job.done()
+
+    async def close(self) -> None:
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(BaseException):
+                await job
+
+    def _spawn(self, site: str, coro: Awaitable[Any]) -> None:
+        if self.running(site):
+            raise DatabaseBusy(f"a database job already runs for {site}")
+        self._jobs[site] = asyncio.ensure_future(coro)
+
+    async def _run(self, site: str, config: SiteConfig, rollout: Rollout,
+                   action: RunStep) -> None:
+        started = self.clock()
+        outcome, detail, migrated = "failed", "", False
+        code: int | None = None
+        output: tuple[str, ...] = ()
+        try:
+            detail, migrated = await self._step(site, config, rollout, action.step)
+            outcome = "passed"
+        except StepFailed as exc:
+            detail, code, output = str(exc), exc.exit_code, tuple(exc.output)
+            migrated = bool(exc.data.get("migrated", action.step == "migrate"))
+        except CommandError as exc:
+            detail = str(exc)
+        except asyncio.CancelledError:
+            ended = self.clock()
+            self.metrics.prepare_step_seconds.labels(site, action.step, "cancelled").observe(
+                ended - started)
+            self._blocked_since[site] = None
+            raise
+        except Exception as exc:  # a bug or an unexpected error: the step fails, loudly
+            log.exception("prepare_step_error", site=site, step=action.step)
+            detail = f"unexpected error: {type(exc).__name__}: {exc}"
+            migrated = action.step == "migrate"
+        ended = self.clock()
+        self.metrics.prepare_step_seconds.labels(site, action.step, outcome).observe(
+            ended - started)
+        self._blocked_since[site] = None
+        tail = output[-OUTPUT_LINES:]
+        if outcome == "failed" and tail:
+            detail = f"{detail} | last lines: " + " / ".join(line.strip() for line in tail[-3:])
+        result = StepOutcome(action.step, outcome, detail, started, ended, code, tail)
+        self._jobs.pop(site, None)
+        await self.done(site, StepDone(action.index, result, migrated=migrated))
+
+    async def _step(self, site: str, config: SiteConfig, rollout: Rollout,
+                    step: str) -> tuple[str, bool]:
+        """Run one step; (detail, migrated). StepFailed says why it did not pass."""
+        db = self.require(site)
+        cand = rollout.candidate
+        progress = self._progress(site, step)
+        if step == "gate":
+            result = await gate_step.gate(db.server(cand), db.name(cand),
+                                          version=rollout.version)
+            if not result.ok:
+                raise StepFailed("the database does not match the code: "
+                                 + "; ".join(result.problems))
+            return f"{db.name(cand)} matches: base {result.base_version}", False
+        if step == "migrate":
+            return await self._migrate(site, config, rollout, db, progress)
+        raise StepFailed(f"step {step} is not known to this daemon")
+
+    async def _migrate(self, site: str, config: SiteConfig, rollout: Rollout,
+                       db: SiteDatabase, progress: Callable[[str], None]) -> tuple[str, bool]:
+        cand = rollout.candidate
+        server, name = db.server(cand), db.name(cand)
+        settings = migrate_settings(config.prepare)
+        if db.config.strategy == "shared":
+            checks = await gate_step.shared_checks(server, name)
+            for warning in checks.warnings:
+                progress(f"before migrate: {warning}")
+            if checks.problems:
+                raise StepFailed("the shared database is not ready for migrate: "
+                                 + "; ".join(checks.problems), data={"migrated": False})
+        if not await migrate_step.database_exists(server, name):
+            raise StepFailed(f"database {name} does not exist on {server.label}: `odoo -d "
+                             f"{name} -u` would create a new empty database and exit 0; check "
+                             "database.names (or run clone first)", data={"migrated": False})
+        variables = {"site": site, "color": cand, "version": rollout.version,
+                     "database": name, "url": config.colors[cand].url}
+        argv = render_command(settings.command, variables)
+        plan = None
+        if settings.container:
+            container = config.colors[cand].container
+            assert container is not None  # the config requires it
+            plan = await migrate_step.ContainerPlan.load(container)
+
+        def blocked(seconds: float, blockers: list[Any]) -> None:
+            self._blocked_since[site] = self.clock() - seconds if blockers else None
+
+        result = await migrate_step.migrate(
+            server, name, argv, timeout=settings.timeout, lock_wait=db.config.lock_wait,
+            progress=progress, on_blocked=blocked, container=plan)
+        blocked_text = (f", waited {result.blocked_max:.1f}s on locks"
+                        if result.blocked_max else "")
+        return (f"{' '.join(argv[:1])} ... exited 0 in {result.seconds:.1f}s, no ERROR line"
+                f"{blocked_text}", True)
+
+    # ---------------------------------------------------------------- records
+
+    def _progress(self, site: str, step: str) -> Callable[[str], None]:
+        def line(text: str) -> None:
+            self._record(site, "progress", f"{step}: {text}" if not text.startswith(step)
+                         else text)
+        return line
+
+    def _record(self, site: str, kind: str, message: str) -> None:
+        log.info(kind, site=site, message=message)
+        try:
+            self.store.record(site, Event(kind, message, "", "", {}, actor="daemon"))
+        except Exception:  # the store's trouble must not stop the step
+            log.exception("record_failed", site=site, kind=kind)
+
