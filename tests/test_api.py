@@ -36,7 +36,7 @@ SITE = "/api/v1/sites/odoo"
 BLUE = {"blue": 100, "green": 0}
 GREEN = {"blue": 0, "green": 100}
 CANARY = {"blue": 90, "green": 10}
-ACTIVE = {"preflight", "progressing", "paused", "baking", "rolling_back"}
+ACTIVE = {"preparing", "preflight", "progressing", "paused", "baking", "rolling_back", "frozen"}
 POSTS = ["rollouts", "promote", "abort", "switch"]
 Fresh = tuple[Daemon, TestClient[Any, Any]]
 
@@ -215,8 +215,8 @@ async def test_metrics_export_weights_and_phase_in_prometheus_format(
     assert sample(m, "odoo_watchdog_rollout_phase", site="odoo", phase=phase) == 1.0
     phases = {dict(labels)["phase"]: value for (name, labels), value in m.items()
               if name == "odoo_watchdog_rollout_phase"}
-    assert set(phases) == {"idle", "preflight", "progressing", "paused", "baking", "promoted",
-                           "rolling_back", "rolled_back", "aborted"}
+    assert set(phases) == {"idle", "preparing", "preflight", "progressing", "paused", "baking",
+                           "promoted", "rolling_back", "rolled_back", "aborted", "frozen"}
     assert sum(phases.values()) == 1.0
     assert sample(m, "odoo_watchdog_rollout_step", site="odoo") == 0.0
     assert sample(m, "odoo_watchdog_config_last_reload_successful") == 1.0

@@ -34,8 +34,8 @@ from watchdog.lab.standin import clear_faults, set_faults
 
 pytestmark = pytest.mark.lab
 
-PHASES = ("idle", "preflight", "progressing", "paused", "baking", "promoted", "rolling_back",
-          "rolled_back", "aborted")
+PHASES = ("idle", "preparing", "preflight", "progressing", "paused", "baking", "promoted",
+          "rolling_back", "rolled_back", "aborted", "frozen")
 RULES = ("error_rate", "health")
 JOB = "odoo-watchdog"
 
