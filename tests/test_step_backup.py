@@ -353,3 +353,17 @@ async def test_cleanup_restore_leftovers_puts_back_a_database_renamed_aside(
     assert done == [f"database {db}_wdold, left by an interrupted restore, dropped"]
     assert databases(postgres, db) == [db]
     assert postgres.psql(CHECKSUM, dbname=db) == before
+
+
+async def test_a_filestore_that_cannot_be_written_leaves_the_database_as_it_was(
+        postgres: PostgresLab, pg_server: Server, site_db: str, tmp_path: Path) -> None:
+    make_filestore(tmp_path / "filestore", 3)
+    info = await backup(pg_server, site_db, tmp_path / "filestore", tmp_path / "b", site="odoo",
+                        color="blue", keep=5)
+    postgres.psql("DELETE FROM res_partner WHERE id > 10", dbname=site_db)
+    before = postgres.psql(CHECKSUM, dbname=site_db)
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StepFailed, match=r"restore of the filestore into .* failed"):
+        await restore(pg_server, info, site_db, tmp_path / "a-file" / "filestore")
+    assert postgres.psql(CHECKSUM, dbname=site_db) == before
+    assert databases(postgres, site_db) == [site_db]

@@ -244,7 +244,7 @@ async def backup(server: Server, database: str, filestore: Path | None, root: Pa
         raise
     info = BackupInfo.read(final)
     assert info is not None
-    progress(f"backup {bid}: verified, {size(info.bytes)} in {manifest['duration']:.1f}s")
+    progress(f"backup {bid}: verified, {size(info.bytes)} in {time.monotonic() - t0:.1f}s")
     try:
         deleted = prune(root, color, keep, spare=bid)
     except OSError as exc:  # the backup is made; the old ones stay
