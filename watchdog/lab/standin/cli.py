@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         default=PASSWORD_COST,
         help=f"seconds one password check takes (Odoo's pbkdf2: about {PASSWORD_COST})",
     )
+    parser.add_argument("--db-dsn", default=None, metavar="CONNINFO",
+                        help="hold one idle connection to this database, as Odoo's workers do")
     args = parser.parse_args(argv)
     settings = StandinSettings(
         color=args.color,
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     app.on_startup.append(announce)
+    if args.db_dsn:
+        from watchdog.lab.standin.pgmode import hold_connection
+
+        hold_connection(app, args.db_dsn, log=app[STATE].log)
     # SIGTERM/SIGINT end run_app gracefully, and main returns: exit status 0.
     web.run_app(
         app,
