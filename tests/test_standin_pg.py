@@ -19,6 +19,7 @@ import pytest
 
 from watchdog.lab.postgres import PostgresLab
 from watchdog.lab.procs import free_port
+from watchdog.steps.base import StepFailed
 from watchdog.steps.command import has_error_line
 from watchdog.steps.gate import gate
 from watchdog.steps.migrate import database_exists, migrate
@@ -244,13 +245,15 @@ async def test_a_missing_database_is_created_with_base_and_exits_0(
 async def test_unknown_module_names_are_logged_at_warning_and_exit_0(
         postgres: PostgresLab, pg_server: Server, pg_names: Callable[[str], str]) -> None:
     """Odoo's _check_module_names (odoo/modules/loading.py, 16-18) logs `_logger.warning(
-    'invalid module names, ignored: %s', ...)`: a WARNING, not an ERROR, so migrate's scan for
-    ERROR/CRITICAL lines passes such a run, as it would pass real Odoo's."""
+    'invalid module names, ignored: %s', ...)`: a WARNING, not an ERROR, with exit 0; migrate
+    fails on that warning too (a misspelt `-u` module upgraded nothing)."""
     name = initdb(postgres, pg_names("unknown"))
     command = [*STANDIN, "upgrade", "-d", name, "-u", "nosuch", "--stop-after-init",
                "--version", "16.0", *db_args(postgres)]
-    result = await migrate(pg_server, name, command, timeout=30, lock_wait=5, env=env())
-    assert result.exit_code == 0
+    with pytest.raises(StepFailed) as failed:
+        await migrate(pg_server, name, command, timeout=30, lock_wait=5, env=env())
+    assert "exited 0 but logged a failure" in str(failed.value)
+    assert "invalid module names, ignored: nosuch" in str(failed.value)
     done = upgrade(postgres, name, modules="nosuch,web")
     assert done.returncode == 0
     line = next(line for line in done.stdout.splitlines() if "invalid module" in line)

@@ -125,3 +125,8 @@ def has_error_line(lines: Sequence[str]) -> str | None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_colours(line: str) -> str:
+    """The line without the ANSI colours Odoo adds on a terminal."""
+    return _ANSI.sub("", line)

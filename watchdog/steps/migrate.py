@@ -1,9 +1,11 @@
 """The `migrate` step: Odoo's module upgrade on the candidate's database (DESIGN.md §12).
 
 Odoo's exit code alone does not say an upgrade worked (ODOO.md "Module upgrades"): `odoo -d
-typo -u all` creates a new empty database and exits 0, and missing module code or unknown module
-names are only logged at ERROR with exit 0. So the database must exist before the command runs,
-and every line of the output (not only its tail) is scanned for an ERROR or CRITICAL record.
+typo -u all` creates a new empty database and exits 0; missing module code is only logged at
+ERROR ("Some modules are not loaded"), and unknown module names only at WARNING (`_logger.
+warning('invalid module names, ignored: %s')` in odoo/modules/loading.py, 16 to 18), both with
+exit 0. So the database must exist before the command runs, and every line of the output (not
+only its tail) is scanned for an ERROR or CRITICAL record and for that warning.
 A failed upgrade leaves a half-upgraded database (modules are committed one by one): the step
 never retries on it, and its message says to restore the backup or clone again.
 
@@ -68,8 +70,13 @@ async def require_database(server: Server, database: str) -> None:
                          "0; check database.names")
 
 
+# Records below ERROR that still mean the upgrade did not do what was asked.
+SILENT_FAILURES = ("invalid module names, ignored:",)
+
+
 class _Scan:
-    """Sees every output line; keeps the first Odoo ERROR/CRITICAL record."""
+    """Sees every output line; keeps the first Odoo ERROR/CRITICAL record, or a warning of
+    SILENT_FAILURES."""
 
     def __init__(self) -> None:
         self.error: str | None = None
@@ -77,6 +84,8 @@ class _Scan:
     def line(self, text: str) -> None:
         if self.error is None:
             self.error = commands.has_error_line([text])
+        if self.error is None and any(marker in text for marker in SILENT_FAILURES):
+            self.error = commands.strip_colours(text)
 
 
 async def migrate(server: Server, database: str, command: Sequence[str], *, timeout: float,
@@ -131,8 +140,9 @@ async def migrate(server: Server, database: str, command: Sequence[str], *, time
         raise StepFailed(f"migrate on {database} exited {code}{found}. {HALF_UPGRADED}",
                          exit_code=code, output=tail, data=data)
     if scan.error is not None:
-        raise StepFailed(f"migrate on {database} exited 0 but logged an error: {scan.error} "
-                         f"(Odoo only logs missing module code and unknown module names). "
+        raise StepFailed(f"migrate on {database} exited 0 but logged a failure: {scan.error} "
+                         f"(Odoo only logs missing module code, at ERROR, and unknown module "
+                         f"names, at WARNING, and exits 0). "
                          f"{HALF_UPGRADED}", exit_code=code, output=tail, data=data)
     return MigrateResult(code, tail, seconds, watcher.blocked_max)
 
