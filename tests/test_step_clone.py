@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.test_step_backup import CHECKSUM, UUID, make_filestore, odoo_db, para
 from tests.test_step_gate import make_odoo_db
 from watchdog.lab.postgres import PostgresLab
 from watchdog.steps import clone as clones
+from watchdog.steps import filestore as filestores
 from watchdog.steps.base import StepFailed
 from watchdog.steps.clone import CloneResult, cleanup_leftovers, clone, old_name, temp_name
 from watchdog.steps.pg import Server
@@ -325,3 +327,63 @@ async def test_cleanup_leftovers_drops_the_old_database_when_the_candidate_is_th
     assert databases(postgres, cand) == [cand]
     assert param(postgres, cand, "x.new") == "1"
     assert len(done) == 2 and done[1].startswith(f"database {old_name(cand)}, left by")
+
+
+async def test_a_source_dropped_during_the_dump_fails_on_pg_dump_with_the_candidate_untouched(
+        postgres: PostgresLab, pg_server: Server, live: str, pg_names: Callable[[str], str],
+        stores: tuple[Path, Path, dict[str, str]]) -> None:
+    blue, green, _ = stores
+    cand = make_odoo_db(postgres, pg_names("green"), params={"x.old": "kept"})
+    before = postgres.psql(CHECKSUM, dbname=cand)
+    holder = await pg_server.connect(live, application_name="test-holder", autocommit=False)
+    try:
+        await holder.execute("LOCK TABLE res_partner IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.ensure_future(clone(pg_server, live, pg_server, cand,
+                                           src_filestore=blue, dst_filestore=green))
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = "  # noqa: S608
+                   f"'{clones.APP}' AND datname = '{live}' AND wait_event_type = 'Lock'")
+        deadline = time.monotonic() + 10
+        while postgres.psql(waiting).strip() != "1":
+            assert time.monotonic() < deadline, "pg_dump never waited on the lock"
+            await asyncio.sleep(0.05)
+        postgres.psql(f'DROP DATABASE "{live}" WITH (FORCE)')
+        with pytest.raises(StepFailed, match=f"pg_dump of {live} on .* exited 1: ") as failed:
+            await task
+    finally:
+        await holder.close()
+    assert failed.value.exit_code == 1
+    assert any(line.startswith("pg_dump: ") for line in failed.value.output)
+    assert postgres.psql(CHECKSUM, dbname=cand) == before
+    assert param(postgres, cand, "x.old") == "kept"
+    assert databases(postgres, cand) == [cand]
+    assert not green.exists()
+    assert not processes_mentioning(temp_name(cand))
+
+
+async def test_cancelling_during_the_filestore_copy_leaves_the_candidate_as_it_was(
+        postgres: PostgresLab, pg_server: Server, live: str, pg_names: Callable[[str], str],
+        stores: tuple[Path, Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    blue, green, _ = stores
+    cand = make_odoo_db(postgres, pg_names("green"), params={"x.old": "kept"})
+    old_files = make_filestore(green, 3)
+    started, release = threading.Event(), threading.Event()
+    link = os.link
+
+    def slow_link(src: object, dst: object, **kw: object) -> None:
+        started.set()
+        release.wait(5)
+        link(src, dst, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filestores.os, "link", slow_link)
+    task = asyncio.ensure_future(clone(pg_server, live, pg_server, cand, src_filestore=blue,
+                                       dst_filestore=green))
+    assert await asyncio.to_thread(started.wait, 10), "the filestore copy never started"
+    assert databases(postgres, cand) == [cand, temp_name(cand)]  # the copy is complete
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert databases(postgres, cand) == [cand]
+    assert param(postgres, cand, "x.old") == "kept"
+    assert tree(green) == old_files
+    assert sorted(p.name for p in green.parent.iterdir()) == ["filestore"]
