@@ -387,3 +387,28 @@ async def test_cancelling_during_the_filestore_copy_leaves_the_candidate_as_it_w
     assert param(postgres, cand, "x.old") == "kept"
     assert tree(green) == old_files
     assert sorted(p.name for p in green.parent.iterdir()) == ["filestore"]
+
+
+@pytest.mark.parametrize("method", ["template", "dump"])
+async def test_the_clone_belongs_to_the_live_databases_owner(
+        postgres: PostgresLab, pg_server: Server, pg_names: Callable[[str], str],
+        method: str) -> None:
+    role, live, cand = pg_names("odoo_role"), pg_names("owned"), pg_names("green")
+    postgres.psql(f'CREATE ROLE "{role}" LOGIN')
+    postgres.psql(f'CREATE DATABASE "{live}" OWNER "{role}"')
+    postgres.psql(f'SET ROLE "{role}"; CREATE TABLE res_partner (id serial PRIMARY KEY, '  # noqa: S608
+                  "name varchar); INSERT INTO res_partner (name) VALUES ('a'), ('b')",
+                  dbname=live)
+    odoo = await pg_server.connect(live) if method == "dump" else None
+    try:
+        result = await clone(pg_server, live, pg_server, cand, src_filestore=None,
+                             dst_filestore=None)
+    finally:
+        if odoo is not None:
+            await odoo.close()
+    assert result.method == method
+    assert postgres.psql("SELECT pg_get_userbyid(datdba) FROM pg_database "  # noqa: S608
+                         f"WHERE datname = '{cand}'").strip() == role
+    assert postgres.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'res_partner'",
+                         dbname=cand).strip() == role
+    assert postgres.psql("SELECT count(*) FROM res_partner", dbname=cand).strip() == "2"
