@@ -369,6 +369,32 @@ async def runbook_pipe(server: Server, src: str, dst: str) -> float:
     return seconds
 
 
+async def uncompressed_pipe(server: Server, src: str, dst: str) -> float:
+    """A reference, not a step: `pg_dump -Fc -Z0 | pg_restore -d DST` through an OS pipe,
+    to tell the archive's compression from the rest of the dump clone's cost."""
+    read, write = os.pipe()
+    env = server.env()
+    t0 = time.monotonic()
+    try:
+        async with started([program("pg_dump"), "-Fc", "-Z0", "-d", src], stdout=write,
+                           env=env) as dump, \
+                started([program("pg_restore"), "--no-owner", "--exit-on-error", "-d", dst],
+                        stdin=read, stderr=subprocess.PIPE, env=env) as restore:
+            os.close(write)
+            os.close(read)
+            write = read = -1
+            assert restore.stderr is not None
+            err, _ = await asyncio.gather(restore.stderr.read(), dump.wait())
+            await restore.wait()
+    finally:
+        for fd in (read, write):
+            if fd >= 0:
+                os.close(fd)
+    if dump.returncode != 0 or restore.returncode != 0:
+        raise RuntimeError(f"pg_dump -Z0 | pg_restore failed: {err.decode(errors='replace')}")
+    return time.monotonic() - t0
+
+
 async def runbook_backup(server: Server, src: str, out: Path) -> tuple[float, float, int]:
     """`pg_dump -U odoo -Fc postgres > /backups/odoo_pre_deploy_<date>.dump`: its start and
     end (monotonic) and the dump's bytes."""
@@ -627,6 +653,22 @@ async def clones(server: Server, fs: Path, work: Path, report: Report,
             return "DIFFERS in " + ", ".join(problems)
         return "rows, checksum, indexes, secret and uuid as the source"
 
+    async def file_copy() -> None:
+        """A reference, not a step: PostgreSQL 15's CREATE DATABASE defaults to STRATEGY
+        WAL_LOG (every block through the WAL); FILE_COPY copies the files after a
+        checkpoint (which, on a busy server, is an I/O burst of its own)."""
+        conn = await server.connect("postgres")
+        try:
+            say("reference: CREATE DATABASE bench_fc TEMPLATE bench_live STRATEGY FILE_COPY")
+            t0 = time.monotonic()
+            await conn.execute(f"CREATE DATABASE bench_fc TEMPLATE {quote_ident(SRC)} "
+                               "STRATEGY FILE_COPY")
+            seconds = time.monotonic() - t0
+        finally:
+            await conn.close()
+        report.rows.append(Row("reference: CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY "
+                               "(no filestore, not a step)", seconds, await check("bench_fc")))
+
     for label, name, hold in (("template", "bench_tpl", False), ("dump", "bench_dump", True)):
         conn = await server.connect(SRC, application_name=HOLD_APP) if hold else None
         try:
@@ -651,13 +693,21 @@ async def clones(server: Server, fs: Path, work: Path, report: Report,
         how = {"template": "CREATE DATABASE ... TEMPLATE", "dump": "pg_dump -Fc | pg_restore"}
         report.rows.append(Row(
             f"clone by {label}: watchdog ({how.get(str(method), method)} + filestore)",
-            seconds, f"method {method}; {files} files{' hard-linked' if linked else ''}; "
-            + await check(name)))
+            seconds, f"method {method} ({getattr(result, 'why', '?')}); {files} files"
+            f"{' hard-linked' if linked else ''}; " + await check(name)))
+        if label == "template":
+            await file_copy()
     await create_empty(server, "bench_pipe")
     say("clone the runbook's way: pg_dump bench_live | psql bench_pipe ...")
     took["pipe"] = await runbook_pipe(server, SRC, "bench_pipe")
     report.rows.append(Row("clone: runbook phase 1 (pg_dump | psql, no filestore) BASELINE",
                            took["pipe"], await check("bench_pipe")))
+    await create_empty(server, "bench_z0")
+    say("reference: pg_dump -Fc -Z0 | pg_restore into bench_z0 (an OS pipe) ...")
+    z0 = await uncompressed_pipe(server, SRC, "bench_z0")
+    report.rows.append(Row("reference: pg_dump -Fc -Z0 | pg_restore (OS pipe, not a step)", z0,
+                           await check("bench_z0"),
+                           f"{z0 / took['pipe']:.2f}x the pipe's"))
     return took
 
 
@@ -742,7 +792,7 @@ async def bench(args: argparse.Namespace, pg: PostgresLab, work: Path) -> Report
     for row in report.rows:
         if row.what.startswith("clone by template") and row.seconds:
             ratio = pipe / row.seconds
-            row.vs = f"{ratio:.1f}x faster"
+            row.vs = f"{ratio:.2f}x faster" if ratio < 10 else f"{ratio:.0f}x faster"
             row.goal = (f">= {GOAL_TEMPLATE:g}x faster: "
                         + ("PASS" if ratio >= GOAL_TEMPLATE else "FAIL"))
         elif row.what.startswith("clone by dump") and row.seconds:
@@ -751,6 +801,8 @@ async def bench(args: argparse.Namespace, pg: PostgresLab, work: Path) -> Report
             row.goal = "no slower: " + ("PASS" if row.seconds <= pipe else "FAIL")
         elif row.what.startswith("clone: runbook"):
             row.vs = "1.0x"
+        elif row.what.startswith("reference: CREATE DATABASE") and row.seconds:
+            row.vs = f"{pipe / row.seconds:.2f}x faster"
 
     if report.backup is not None and report.runbook_dump is not None:
         await restores(server, work, report, reference)
