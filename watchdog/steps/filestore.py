@@ -133,7 +133,8 @@ def copy_filestore(src: Path | None, dst: Path, *, progress: Progress = quiet,
         shutil.rmtree(tmp)
     try:
         if src is None or not src.is_dir():
-            progress(f"filestore {src} does not exist: the copy starts empty")
+            progress("no filestore to copy: the copy starts empty" if src is None
+                     else f"filestore {src} does not exist: the copy starts empty")
             tmp.mkdir()
             result = Copied(0, True)
         else:
@@ -202,7 +203,9 @@ async def list_tar(tar_path: Path) -> list[str]:
         if line and not line.endswith("/"):
             names.append(line)
 
-    done = await command.run([TAR, "-tf", str(tar_path)], on_line=keep)
+    # literal: GNU tar otherwise escapes non-ASCII names in the C locale (é as \303\251).
+    done = await command.run([TAR, "--quoting-style=literal", "-tf", str(tar_path)],
+                             on_line=keep)
     if done.exit_code != 0:
         raise StepFailed(f"tar cannot read {tar_path.name}", exit_code=done.exit_code,
                          output=done.tail)
