@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from watchdog import payloads, rollout
 from watchdog.alerts import PayloadError
 from watchdog.daemon import Daemon, UnknownSite
+from watchdog.prepare import DatabaseBusy, HasTraffic, NoDatabase, UnknownBackup
 
 log = structlog.get_logger("odoo_watchdog.api")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
@@ -58,6 +59,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(404, f"no site {exc.args[0]!r}")
     except rollout.Conflict as exc:
         return error(409, str(exc), phase=exc.phase.value)
+    except (DatabaseBusy, HasTraffic) as exc:
+        return error(409, str(exc))
+    except NoDatabase as exc:
+        return error(400, str(exc))
+    except UnknownBackup as exc:
+        return error(404, f"no backup {exc.args[0]!r} of this site (odoo-watchdog db list)")
     except Exception:
         log.exception("api_error", path=request.path)
         return error(500, "internal error; see the daemon's log")
@@ -174,6 +181,26 @@ async def switch(request: web.Request) -> web.Response:
     return await _command(request, rollout.Switch(data.to, actor(request)))
 
 
+async def start_backup(request: web.Request) -> web.Response:
+    data = await command_body(request, payloads.BackupBody)
+    started = await request.app[DAEMON].backup(request.match_info["site"], data.color,
+                                               actor(request))
+    return web.json_response(started, status=202)
+
+
+async def list_backups(request: web.Request) -> web.Response:
+    found = await request.app[DAEMON].backups(request.match_info["site"])
+    return web.json_response({"backups": found})
+
+
+async def restore_backup(request: web.Request) -> web.Response:
+    data = await command_body(request, payloads.RestoreBody)
+    started = await request.app[DAEMON].restore(
+        request.match_info["site"], request.match_info["backup"], data.to, force=data.force,
+        actor=actor(request))
+    return web.json_response(started, status=202)
+
+
 def create_app(daemon: Daemon, token: str | None) -> web.Application:
     # auto_decompress off: a Content-Encoding body is refused as not JSON (400) instead of
     # failing inside aiohttp's parser, which drops the connection; Alertmanager never
@@ -190,5 +217,8 @@ def create_app(daemon: Daemon, token: str | None) -> web.Application:
     app.router.add_post("/api/v1/sites/{site}/promote", promote)
     app.router.add_post("/api/v1/sites/{site}/abort", abort)
     app.router.add_post("/api/v1/sites/{site}/switch", switch)
+    app.router.add_post("/api/v1/sites/{site}/backups", start_backup)
+    app.router.add_get("/api/v1/sites/{site}/backups", list_backups)
+    app.router.add_post("/api/v1/sites/{site}/backups/{backup}/restore", restore_backup)
     app.router.add_post("/api/v1/alertmanager", alertmanager)
     return app

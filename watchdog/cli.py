@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 from watchdog import __version__, routers
-from watchdog.cli_ops import add_client_commands, api_url
+from watchdog.cli_db import add_db_commands
+from watchdog.cli_ops import add_client_commands, api_url, common_options
 from watchdog.config import ConfigError, LoadedConfig, SiteConfig, load
 from watchdog.daemon import StartError
 from watchdog.rollout import ACTIVE, steps_of
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     router.set_defaults(func=_router)
 
     add_client_commands(sub)
+    add_db_commands(sub, common_options)
 
     demo = sub.add_parser("demo", help="run the lab demo on loopback")
     demo.set_defaults(func=_demo)

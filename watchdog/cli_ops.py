@@ -164,10 +164,13 @@ def render_site(site: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", help="daemon config (API and token)")
+    p.add_argument("--url", help="the daemon's API, e.g. http://127.0.0.1:9721")
+
+
 def add_client_commands(sub: Any) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", metavar="FILE", help="daemon config (API and token)")
-        p.add_argument("--url", help="the daemon's API, e.g. http://127.0.0.1:9721")
+    common = common_options
 
     status = sub.add_parser("status", help="every site's phase, weights and rules")
     status.add_argument("site", nargs="?")

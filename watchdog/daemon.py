@@ -23,7 +23,7 @@ from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
 from watchdog.config import LoadedConfig
 from watchdog.metrics import Metrics
-from watchdog.prepare import Preparer
+from watchdog.prepare import DatabaseBusy, HasTraffic, Preparer
 from watchdog.rollout import (
     ApplyWeights,
     CancelStep,
@@ -268,6 +268,10 @@ class Daemon:
         self.require_site(name)
         runtime = self.sites[name]
         async with runtime.lock:
+            if isinstance(cmd, rollout.Start) and runtime.config.steps \
+                    and self.preparer.running(name) and not runtime.state.active:
+                raise DatabaseBusy(f"a backup or restore of {name} is running; start the "
+                                   "rollout when it has ended (see the site's events)")
             db = runtime.config.database
             decision = rollout.command(
                 runtime.state, cmd, self.clock(), runtime.config.rollout,
@@ -275,6 +279,40 @@ class Daemon:
                 breaking=db is not None and db.breaking)
             await self._commit(runtime, decision)
         return runtime.state
+
+    # ---------------------------------------------------------------- backups by hand
+
+    async def backup(self, name: str, color: str | None, actor: str) -> dict[str, Any]:
+        """Start a backup of `color`'s database (default: the live colour's)."""
+        self.require_site(name)
+        runtime = self.sites[name]
+        async with runtime.lock:
+            chosen = color or runtime.state.live
+            backup_id = self.preparer.backup_now(name, chosen, actor)
+        return {"id": backup_id, "color": chosen, "site": name}
+
+    async def backups(self, name: str) -> list[dict[str, Any]]:
+        self.require_site(name)
+        found = await asyncio.to_thread(self.preparer.list_backups, name)
+        return [info.as_json() for info in found]
+
+    async def restore(self, name: str, backup_id: str, to: str, *, force: bool,
+                      actor: str) -> dict[str, Any]:
+        """Start restoring a backup into `to`; refused while `to` has traffic unless force."""
+        self.require_site(name)
+        runtime = self.sites[name]
+        async with runtime.lock:
+            self.preparer.require(name)
+            share = runtime.state.weights.get(to, 0)
+            if share > 0 and not force:
+                raise HasTraffic(
+                    f"{to} serves {share}% of {name}'s traffic: restoring its database "
+                    "under its users would lose their work since the backup; switch traffic "
+                    "away first, or pass force (--force) if that is what you want")
+            if runtime.state.phase is Phase.PREPARING:
+                raise DatabaseBusy(f"{name} is preparing a rollout; abort it or wait")
+            self.preparer.restore(name, backup_id, to, force=force, actor=actor)
+        return {"id": backup_id, "to": to, "site": name, "force": force}
 
     # ---------------------------------------------------------------- reload
 

@@ -41,9 +41,11 @@ from watchdog.yamlsrc import Document, problems_from
 
 __all__ = [
     "AbortBody",
+    "BackupBody",
     "Invalid",
     "Labels",
     "PromoteBody",
+    "RestoreBody",
     "StartBody",
     "SwitchBody",
     "Webhook",
@@ -157,6 +159,19 @@ class SwitchBody(_Body):
     """POST /api/v1/sites/{site}/switch"""
 
     to: Literal["blue", "green"]
+
+
+class BackupBody(_Body):
+    """POST /api/v1/sites/{site}/backups (no colour: the live one's database)"""
+
+    color: Literal["blue", "green"] | None = None
+
+
+class RestoreBody(_Body):
+    """POST /api/v1/sites/{site}/backups/{id}/restore"""
+
+    to: Literal["blue", "green"]
+    force: bool = False
 
 
 # ---------------------------------------------------------------- Alertmanager's webhook

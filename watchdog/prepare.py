@@ -4,14 +4,18 @@ The rollout machine says which step to run (`RunStep`) and hears how it ended (`
 through `Daemon.step_done`; this module turns a step's name into the calls of
 `watchdog/steps/` with the site's database settings, writes the step's progress lines into
 the site's events, and times it (`odoo_watchdog_prepare_step_seconds`). `abort` cancels the
-task: a running command gets SIGTERM, then SIGKILL. (backup and clone, and backups by hand,
-are not built yet: the config refuses those steps.)
+task: a running command gets SIGTERM, then SIGKILL.
+
+Backups by hand and restores (the API's `/backups` routes) are jobs of the same kind: one
+database job per site at a time (a second one is DatabaseBusy, the API's 409), progress and end
+in the site's events, and they never touch traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +28,9 @@ from watchdog.config import SiteConfig
 from watchdog.dbconfig import DatabaseConfig, load_servers, migrate_settings, render_command
 from watchdog.metrics import Metrics
 from watchdog.rollout import Event, Rollout, RunStep, StepDone, StepOutcome
+from watchdog.steps import backup as backup_step
+from watchdog.steps import clone as clone_step
+from watchdog.steps import filestore as fs_step
 from watchdog.steps import gate as gate_step
 from watchdog.steps import migrate as migrate_step
 from watchdog.steps.base import StepFailed
@@ -45,6 +52,10 @@ class UnknownBackup(KeyError):
 
 class NoDatabase(Exception):
     """The site has no `database:` settings (the API's 400)."""
+
+
+class HasTraffic(Exception):
+    """A restore into a colour that serves users, without force (the API's 409)."""
 
 
 @dataclass
@@ -112,11 +123,39 @@ class Preparer:
             if container is not None and migrate_settings(config.prepare).container:
                 with contextlib.suppress(Exception):
                     if await migrate_step.cleanup_container(container):
-                        dropped.append(f"container {container}-wdmigrate")
+                        dropped.append(f"container {container}-wdmigrate, left by an "
+                                       "interrupted migration")
+        for color in ("blue", "green") if db.config.strategy == "separate" else ():
+            try:
+                dropped += await clone_step.cleanup_leftovers(
+                    db.server(color), db.name(color), db.filestore(color))
+                dropped += await backup_step.cleanup_restore_leftovers(
+                    db.server(color), db.name(color))
+            except Exception as exc:  # a server down at start: said, not fatal
+                log.warning("cleanup_failed", site=site, color=color, error=str(exc))
+                self._record(site, "cleanup", f"could not look for leftovers of {color}'s "
+                             f"database on {db.server(color).label}: {exc}")
+        if db.config.strategy == "shared":
+            with contextlib.suppress(Exception):
+                dropped += await backup_step.cleanup_restore_leftovers(
+                    db.server("blue"), db.name("blue"))
+        for color in ("blue", "green"):
+            path = db.filestore(color)
+            if path is not None:  # a restore's staging tree (a clone's is clone_step's)
+                staging = fs_step.restore_temp_path(path)
+                for leftover in (staging, fs_step.restore_temp_path(staging)):
+                    if await asyncio.to_thread(_remove_tree, leftover):
+                        dropped.append(f"half-unpacked filestore {leftover}")
+        with contextlib.suppress(OSError):
+            dropped += [f"half-written backup {p.name}"
+                        for p in await asyncio.to_thread(backup_step.cleanup_partial,
+                                                         self._root(site))]
         for name in dropped:
-            self._record(site, "cleanup", f"removed {name}, left by an interrupted "
-                         "migration")
+            self._record(site, "cleanup", f"cleaned up after an interruption: {name}")
         return dropped
+
+    def _root(self, site: str) -> Path:
+        return self.require(site).backup_root / site
 
     def require(self, site: str) -> SiteDatabase:
         db = self.databases.get(site)
@@ -204,7 +243,110 @@ class Preparer:
             return f"{db.name(cand)} matches: base {result.base_version}", False
         if step == "migrate":
             return await self._migrate(site, config, rollout, db, progress)
+        if step == "backup":
+            info = await self._backup(site, db, rollout.live, progress)
+            return (f"{info.id}: {info.database}, {_size(info.bytes)}, verified "
+                    f"({info.manifest.get('filestore_files', 0)} filestore files)"), False
+        if step == "clone":
+            live = rollout.live
+            done = await clone_step.clone(
+                db.server(live), db.name(live), db.server(cand), db.name(cand),
+                src_filestore=db.filestore(live), dst_filestore=db.filestore(cand),
+                progress=progress)
+            files = (f", filestore {done.files} files"
+                     f" ({'hard links' if done.linked else 'copied'})"
+                     if db.filestore(cand) is not None else "")
+            ended = (f", {done.terminated} session(s) of the old {db.name(cand)} ended"
+                     if done.terminated else "")
+            return (f"{db.name(live)} -> {db.name(cand)} by {done.method} ({done.why}) in "
+                    f"{done.seconds:.1f}s{files}{ended}"), False
         raise StepFailed(f"step {step} is not known to this daemon")
+
+    async def _backup(self, site: str, db: SiteDatabase, color: str,
+                      progress: Callable[[str], None],
+                      backup_id: str | None = None) -> backup_step.BackupInfo:
+        info = await backup_step.backup(
+            db.server(color), db.name(color), db.filestore(color), self._root(site),
+            site=site, color=color, keep=db.config.backup.keep, progress=progress,
+            clock=self.clock, backup_id=backup_id)
+        self.metrics.backup_last_success_timestamp_seconds.labels(site).set(self.clock())
+        self.metrics.backup_bytes.labels(site).set(info.bytes)
+        return info
+
+    # ---------------------------------------------------------------- by hand
+
+    def backup_now(self, site: str, color: str, actor: str) -> str:
+        """Start a backup of `color`'s database; its id. DatabaseBusy while a job runs."""
+        db = self.require(site)
+        if self.running(site):
+            raise DatabaseBusy(f"a database job already runs for {site}; try again when it "
+                               "has ended (see the site's events)")
+        backup_id = backup_step.new_id(self._root(site), color, self.clock())
+        self._record(site, "backup_started", f"backup {backup_id} of {db.name(color)} "
+                     f"({color}) started", actor)
+
+        async def job() -> None:
+            started = self.clock()
+            try:
+                info = await self._backup(site, db, color, self._progress(site, "backup"),
+                                          backup_id)
+            except (StepFailed, CommandError) as exc:
+                self.metrics.prepare_step_seconds.labels(site, "backup", "failed").observe(
+                    self.clock() - started)
+                self._record(site, "backup_failed", f"backup {backup_id} failed: {exc}", actor)
+            except Exception as exc:
+                log.exception("backup_error", site=site)
+                self._record(site, "backup_failed", f"backup {backup_id} failed: unexpected "
+                             f"error {type(exc).__name__}: {exc}", actor)
+            else:
+                self.metrics.prepare_step_seconds.labels(site, "backup", "passed").observe(
+                    self.clock() - started)
+                self._record(site, "backup_done", f"backup {info.id} of {info.database}: "
+                             f"{_size(info.bytes)}, verified, in {self.clock() - started:.1f}s",
+                             actor)
+            finally:
+                self._jobs.pop(site, None)
+
+        self._spawn(site, job())
+        return backup_id
+
+    def list_backups(self, site: str) -> list[backup_step.BackupInfo]:
+        return backup_step.list_backups(self._root(site))
+
+    def restore(self, site: str, backup_id: str, to: str, *, force: bool, actor: str) -> None:
+        """Start restoring backup `backup_id` into `to`'s database and filestore."""
+        db = self.require(site)
+        info = backup_step.find_backup(self._root(site), backup_id)
+        if info is None:
+            raise UnknownBackup(backup_id)
+        if self.running(site):
+            raise DatabaseBusy(f"a database job already runs for {site}; try again when it "
+                               "has ended (see the site's events)")
+        name = db.name(to)
+        self._record(site, "restore_started", f"restore of backup {backup_id} into {name} "
+                     f"({to}) started" + (" (forced)" if force else ""), actor)
+
+        async def job() -> None:
+            started = self.clock()
+            try:
+                done = await backup_step.restore(
+                    db.server(to), info, name, db.filestore(to),
+                    progress=self._progress(site, "restore"), force=force)
+            except (StepFailed, CommandError) as exc:
+                self._record(site, "restore_failed", f"restore of {backup_id} into {name} "
+                             f"failed, the database is as it was: {exc}", actor)
+            except Exception as exc:
+                log.exception("restore_error", site=site)
+                self._record(site, "restore_failed", f"restore of {backup_id} into {name} "
+                             f"failed: unexpected error {type(exc).__name__}: {exc}", actor)
+            else:
+                self._record(site, "restore_done", f"backup {backup_id} restored into {name} "
+                             f"({to}), {done.files} filestore files, in "
+                             f"{self.clock() - started:.1f}s", actor)
+            finally:
+                self._jobs.pop(site, None)
+
+        self._spawn(site, job())
 
     async def _migrate(self, site: str, config: SiteConfig, rollout: Rollout,
                        db: SiteDatabase, progress: Callable[[str], None]) -> tuple[str, bool]:
@@ -250,10 +392,27 @@ class Preparer:
                          else text)
         return line
 
-    def _record(self, site: str, kind: str, message: str) -> None:
+    def _record(self, site: str, kind: str, message: str, actor: str = "daemon") -> None:
         log.info(kind, site=site, message=message)
         try:
-            self.store.record(site, Event(kind, message, "", "", {}, actor="daemon"))
+            self.store.record(site, Event(kind, message, "", "", {}, actor=actor))
         except Exception:  # the store's trouble must not stop the step
             log.exception("record_failed", site=site, kind=kind)
 
+
+
+def _remove_tree(path: Path) -> bool:
+    if not path.exists():
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def _size(n: int) -> str:
+    """412.3 MB: bytes for a person."""
+    size = float(n)
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
