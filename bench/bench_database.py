@@ -19,8 +19,13 @@ Timed, each into a fresh destination database on the same server:
 3. clone by dump|restore: the same while a psycopg connection to the source stays open;
 4. the runbook's clone, the baseline: `pg_dump SRC | psql DST` (plain SQL into psql, two
    processes and a pipe, no filestore);
-5. the filestore: `copy_filestore` (hard links) against `cp -a` (the runbook copies none).
-The clones (1-3) also copy the filestore (by hard links): the runbook's pipe does not.
+5. the filestore: `copy_filestore` (hard links) against `cp -a` (the runbook copies none);
+6. restore: `watchdog.steps.backup.restore` of the backup over the dump clone, against the
+   runbook's rollback_database.sh (DROP, CREATE, `pg_restore -d`) over the pipe's clone.
+The clones 2 and 3 also copy the filestore (by hard links): the runbook's pipe does not. Two
+reference rows, not steps, tell where the time goes: `pg_dump -Fc -Z0 | pg_restore` through
+an OS pipe, and `CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY` (PostgreSQL 15's default
+is WAL_LOG).
 Every clone is checked against the source: rows, a checksum of res_partner, its indexes,
 database.secret and database.uuid.
 
@@ -38,7 +43,7 @@ the whole run 222 s:
 
 | step                                                      | seconds | vs baseline  | goal       |
 |-----------------------------------------------------------|--------:|--------------|------------|
-| backup: watchdog (pg_dump -Fc, tar, sha256, verify) 341 MB |   21.86 |              |            |
+| backup: watchdog (pg_dump -Fc, tar, sha256, verify) 341MB |   21.86 |              |            |
 | backup: runbook phase 1 (pg_dump -Fc > file) 188 MB       |   23.33 |              |            |
 | clone by template: watchdog (+ filestore by links)        |    3.93 | 4.95x faster | >=5x FAIL  |
 | reference: CREATE DATABASE ... STRATEGY FILE_COPY         |    3.37 | 5.76x faster |            |
