@@ -15,7 +15,7 @@ pytestmark = pytest.mark.lab
 def test_demo_promotes_one_canary_rolls_back_the_other_and_cleans_up() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "watchdog.cli", "demo"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=420, check=False,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -25,8 +25,14 @@ def test_demo_promotes_one_canary_rolls_back_the_other_and_cleans_up() -> None:
     assert "final: rolled_back, live green, weights blue 0% / green 100%" in out
     took = re.search(r"HAProxy had blue at 0% ([\d.]+)s later", out)
     assert took is not None and float(took.group(1)) < 15
+    # The third act: the database prepared, each step with its duration, then promoted.
+    for step in ("backup", "clone", "migrate", "gate"):
+        assert re.search(rf"daemon: prepare_step +step \d/4 {step} passed in [\d.]+s", out), step
+        assert re.search(rf"\] +{step} +[\d.]+s$", out, re.MULTILINE), step
+    assert "green (17.0) serves on odoo_green" in out
     pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-    assert len(pids) == 5  # two stand-ins, HAProxy, Prometheus, the daemon
+    # Twice two stand-ins, HAProxy, Prometheus, the daemon; and PostgreSQL.
+    assert len(pids) == 11
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
 

@@ -381,8 +381,8 @@ class Preparer:
             progress=progress, on_blocked=blocked, container=plan)
         blocked_text = (f", waited {result.blocked_max:.1f}s on locks"
                         if result.blocked_max else "")
-        return (f"{' '.join(argv[:1])} ... exited 0 in {result.seconds:.1f}s, no ERROR line"
-                f"{blocked_text}", True)
+        return (f"{Path(argv[0]).name} ... exited 0 in {result.seconds:.1f}s, no ERROR or "
+                f"CRITICAL line{blocked_text}", True)
 
     # ---------------------------------------------------------------- records
 

@@ -2,10 +2,12 @@
 
 Two Odoo stand-ins (blue 16.0, green 17.0) behind a real HAProxy 2.6, Prometheus 2.42 scraping
 HAProxy's exporter every second, constant load through the proxy, and the odoo-watchdog daemon
-as a real process. Two rollouts:
+as a real process. Three rollouts:
 
 1. blue -> green, 10% -> 50% -> 100%, bake, promoted;
-2. green -> blue, where blue starts answering 30% HTTP 500 at 50%: the daemon rolls back.
+2. green -> blue, where blue starts answering 30% HTTP 500 at 50%: the daemon rolls back;
+3. in a fresh lab with PostgreSQL 15, blue (Odoo 16.0) -> green (17.0) with the database
+   prepared first: backup, clone, migrate, gate (watchdog/lab/demo_database.py).
 
 Every decision the daemon takes is printed as it happens, from its own audit log.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 from watchdog.client import ApiError
 from watchdog.config import SiteConfig
+from watchdog.lab.demo_database import database_act
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
 from watchdog.lab.standin import set_faults
@@ -161,7 +164,6 @@ async def scenario(workdir: Path) -> int:
         say(f"  final: {site['phase']}, live {site['live']}, weights "
             f"blue {site['weights']['blue']}% / green {site['weights']['green']}%")
         await router.close()
-        return 0
     except (ApiError, TimeoutError) as exc:
         say(f"the demo failed: {exc}")
         if lab.daemon is not None:
@@ -172,10 +174,19 @@ async def scenario(workdir: Path) -> int:
             await load.stop()
         say("stopping the daemon, Prometheus, HAProxy and the stand-ins (by pid)")
         await asyncio.to_thread(lab.stop)
+    try:
+        code = await database_act(workdir / "act3", Watcher)
+    except (ApiError, TimeoutError, RuntimeError) as exc:
+        say(f"the demo failed: {exc}")
+        return 1
+    say("stopped PostgreSQL, the daemon, Prometheus, HAProxy and the stand-ins (by pid)")
+    return code
 
 
 def run_demo(keep: bool = False) -> int:
     missing = [p for p in ("prometheus", "haproxy") if shutil.which(p) is None]
+    if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
+        missing.append("postgresql-15")
     if missing:
         print(f"missing programs: {', '.join(missing)}: run `make demo` (it installs them)",
               file=sys.stderr)
