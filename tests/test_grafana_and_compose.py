@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from watchdog.accesslog_metrics import FAMILIES
+from watchdog.durations import parse_duration
 from watchdog.lab.prometheus import PrometheusLab
 from watchdog.metrics import Metrics
 
@@ -352,6 +353,18 @@ def test_compose_daemon_config_matches_the_compose_mounts() -> None:
 
 
 # ----------------------------------------------------------------------- 5. docker-compose
+
+def test_compose_odoo_services_have_a_health_check_and_a_dated_image() -> None:
+    """The official image has no HEALTHCHECK (ODOO.md): the deploy step waits for docker's
+    health, so the compose file gives one on /web/health, with a start period; and a moving
+    tag (odoo:17.0, rebuilt nightly) would make a rollback land on another build."""
+    services = compose()["services"]
+    for name in ("odoo-blue", "odoo-green"):
+        check = services[name]["healthcheck"]
+        assert "http://localhost:8069/web/health" in check["test"], name
+        assert parse_duration(check["start_period"]) >= 60, name
+        assert re.fullmatch(r"odoo:\d+\.0-\d{8}", services[name]["image"]), name
+
 
 def test_compose_file_is_sound() -> None:
     data = compose()
