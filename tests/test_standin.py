@@ -590,6 +590,7 @@ async def test_async_helpers_merge_and_clear(client: Client) -> None:
             "db_down": False,
             "log_errors": 0,
             "log_info_mentions_error": 0,
+            "rpc_read_error": False,
         }
 
 

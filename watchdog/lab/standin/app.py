@@ -23,6 +23,7 @@ from prometheus_client.exposition import generate_latest
 
 from watchdog.lab.standin.errors import OdooError, ServerError, format_traceback
 from watchdog.lab.standin.faults import FaultError, validate_faults
+from watchdog.lab.standin.json2 import web_json_2, web_version
 from watchdog.lab.standin.log import CURRENT_DB
 from watchdog.lab.standin.responses import (
     error_page,
@@ -69,7 +70,7 @@ _SESSION_ROUTES = {
 }
 #: type='http' routes: an unsafe method needs a CSRF token of the session.
 _CSRF_ROUTES = {"/", "/web", "/web/login", "/web/session/logout", "/web/health",
-                "/websocket/health"}
+                "/websocket/health", "/web/version", "/json/version"}
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 #: The Server header of the official images' werkzeug and Python.
 _SERVER = {16: "Werkzeug/1.0.1 Python/3.9.2", 17: "Werkzeug/2.0.2 Python/3.10.12"}
@@ -367,6 +368,10 @@ def create_app(settings: StandinSettings) -> web.Application:
     r.add_route("*", "/web/session/get_session_info", session_get_info)
     r.add_route("*", "/jsonrpc", jsonrpc_endpoint)
     r.add_post("/xmlrpc/2/{service}", xmlrpc_endpoint)
+    if settings.major >= 19:  # the `rpc` addon of 19: JSON-2 and the version probe
+        r.add_route("*", "/json/2/{model}/{method}", web_json_2)
+        r.add_route("GET", "/web/version", web_version)
+        r.add_route("GET", "/json/version", web_version)
     r.add_route("GET", "/__lab__/faults", lab_faults)
     r.add_route("POST", "/__lab__/faults", lab_faults)
     r.add_route("DELETE", "/__lab__/faults", lab_faults)

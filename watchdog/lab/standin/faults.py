@@ -24,6 +24,8 @@ class Faults:
     db_down: bool = False
     log_errors: int = 0
     log_info_mentions_error: int = 0
+    #: res.partner `read` raises (psycopg2 UndefinedColumn, as a missing column would).
+    rpc_read_error: bool = False
 
 
 _FAULT_KINDS: dict[str, tuple[str, float]] = {
@@ -34,6 +36,7 @@ _FAULT_KINDS: dict[str, tuple[str, float]] = {
     "db_down": ("bool", 0),
     "log_errors": ("count", 100_000),
     "log_info_mentions_error": ("count", 100_000),
+    "rpc_read_error": ("bool", 0),
 }
 
 

@@ -32,8 +32,12 @@ PARTNER_FIELDS: dict[str, Any] = {
     "comment": False,
     "create_date": False,
     "write_date": False,
+    "create_uid": False,
+    "write_uid": False,
 }
-_READONLY = {"id", "display_name", "create_date", "write_date"}
+_READONLY = {"id", "display_name", "create_date", "write_date", "create_uid", "write_uid"}
+#: many2one fields: stored as the id, read as [id, display name], searched by id.
+_MANY2ONE = {"create_uid", "write_uid"}
 _OPERATORS = {
     "=",
     "!=",
@@ -241,8 +245,25 @@ class PartnerStore:
                 "active": active,
                 "create_date": stamp,
                 "write_date": stamp,
+                "create_uid": 1,
+                "write_uid": 1,
             }
         self.next_id = max(self.records) + 1
+        #: uid -> the user's display name, for many2one values (the backend sets it).
+        self.user_name: Callable[[int], str] = lambda uid: f"res.users({uid},)"
+
+    def count(self, *, active_test: bool = True) -> int:
+        """How many partners there are (the active ones, as search_count([]) counts them)."""
+        return sum(1 for r in self.records.values() if r["active"] or not active_test)
+
+    def _out(self, rec: Record, fields: list[str]) -> Record:
+        out = {}
+        for f in fields:
+            value = rec[f]
+            if f in _MANY2ONE and value:
+                value = [value, self.user_name(int(value))]
+            out[f] = value
+        return out
 
     def _existing(self, ids: list[int], uid: int) -> list[Record]:
         missing = [i for i in ids if i not in self.records]
@@ -267,7 +288,8 @@ class PartnerStore:
         return list(dict.fromkeys(["id", *fields]))
 
     def create_one(
-        self, vals: Any, warn: Callable[[str], None], bad_query: Callable[[str], None]
+        self, vals: Any, warn: Callable[[str], None], bad_query: Callable[[str], None],
+        uid: int = 2,
     ) -> int:
         if not isinstance(vals, dict):
             raise ServerError("builtins.ValueError", f"Invalid values for create: {vals!r}")
@@ -290,6 +312,8 @@ class PartnerStore:
             "display_name": known["name"],
             "create_date": stamp,
             "write_date": stamp,
+            "create_uid": uid,
+            "write_uid": uid,
         }
         return pid
 
@@ -318,8 +342,8 @@ class PartnerStore:
         if method == "create":
             b = bind_args("create", ["vals_list"], 1, args, kwargs)
             if isinstance(b["vals_list"], list):
-                return [self.create_one(v, warn, bad_query) for v in b["vals_list"]]
-            return self.create_one(b["vals_list"], warn, bad_query)
+                return [self.create_one(v, warn, bad_query, uid) for v in b["vals_list"]]
+            return self.create_one(b["vals_list"], warn, bad_query, uid)
         if method in ("search", "search_read", "search_count"):
             params = {
                 "search": ["domain", "offset", "limit", "order"],
@@ -338,7 +362,7 @@ class PartnerStore:
             if method == "search":
                 return [r["id"] for r in found]
             fields = self._check_fields(b.get("fields"))
-            return [{f: r[f] for f in fields} for r in found]
+            return [self._out(r, fields) for r in found]
         if method in ("read", "write", "unlink"):
             if not args:
                 raise ServerError("builtins.IndexError", "list index out of range")
@@ -348,7 +372,7 @@ class PartnerStore:
                 fields = self._check_fields(b.get("fields"))
                 # read() leaves out the ids that do not exist: no MissingError, maybe [].
                 found = [self.records[i] for i in ids if i in self.records]
-                return [{f: r[f] for f in fields} for r in found]
+                return [self._out(r, fields) for r in found]
             if method == "write":
                 b = bind_args("write", ["vals"], 1, rest, kwargs)
                 vals = b["vals"]
@@ -363,6 +387,7 @@ class PartnerStore:
                     rec.update(vals)
                     rec["display_name"] = rec["name"]
                     rec["write_date"] = _now()
+                    rec["write_uid"] = uid
                 return True
             bind_args("unlink", [], 0, rest, kwargs)
             for pid in ids:

@@ -48,6 +48,16 @@ from watchdog.lab.standin.responses import (
 )
 from watchdog.lab.standin.services import version_info
 from watchdog.lab.standin.state import STATE, Standin
+from watchdog.lab.standin.users import COOLDOWN_MESSAGE
+
+#: Odoo 19's notice (addons/rpc/controllers/__init__.py); `%s` is the logger's name.
+RPC_DEPRECATION_NOTICE = (
+    "The /xmlrpc, /xmlrpc/2 and /jsonrpc endpoints are deprecated in Odoo 19 and scheduled "
+    "for removal in Odoo 20. Please report the problem to the client making the request.\n"
+    "Mute this logger: --log-handler %s:ERROR\n"
+    "https://www.odoo.com/documentation/19.0/developer/reference/external_api.html"
+    "#migrating-from-xml-rpc-json-rpc"
+)
 
 #: The request's session id (the middleware gives every save-session route one).
 SESSION_KEY: web.RequestKey[str] = web.RequestKey("odoo_session", str)
@@ -165,15 +175,22 @@ async def web_login(request: web.Request) -> web.StreamResponse:
         password = params.get("password", "")
         try:
             uid = await state.backend.authenticate(
-                state.settings.db, login, password, request.remote or ""
+                state.settings.db, login, password, request.remote or "", interactive=True
             )
-        except AccessDenied:
-            page = login_page(
-                state, sid, login=login, error="Wrong login/password", redirect=redirect
-            )
+        except AccessDenied as err:
+            message = err.message if err.message == COOLDOWN_MESSAGE else "Wrong login/password"
+            page = login_page(state, sid, login=login, error=message, redirect=redirect)
             return html_response(page)
+        state.sessions.discard(sid)  # a login rotates the session
+        user = state.users.by_uid(uid)
+        if user is not None and user.totp:  # auth_totp: the second factor first
+            query = urllib.parse.urlencode({"redirect": redirect} if redirect else {})
+            resp = redirect_response(
+                "/web/login/totp" + (f"?{query}" if query else ""), 303, major=major
+            )
+            set_session_cookie(resp, state.new_session(pre_uid=uid))
+            return resp
         resp = redirect_response(redirect or state.settings.home, 303, major=major)
-        state.sessions.pop(sid, None)  # a login rotates the session
         set_session_cookie(resp, state.new_session(uid))
         return resp
     if redirect and state.session_uid(request):
@@ -209,9 +226,7 @@ async def root(request: web.Request) -> web.Response:
 
 async def session_logout(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    sid = request_session(request)
-    if state.sessions.get(sid) is not None:
-        state.sessions[sid] = None
+    state.sessions.logout(request_session(request))
     location = request.query.get("redirect") or state.settings.home
     return redirect_response(location, 303, major=state.settings.major)
 
@@ -256,10 +271,18 @@ async def session_authenticate(
     if params["db"] != state.settings.db and not state.faults.db_down:
         raise AccessError("Database not found.")
     uid = await state.backend.authenticate(
-        params["db"], params["login"], params["password"], request.remote or ""
+        params["db"], params["login"], params["password"], request.remote or "",
+        interactive=True,
     )
-    resp = jsonrpc_response(req_id, result=state.session_info(request))
-    state.sessions.pop(request_session(request), None)  # a login rotates the session
+    state.sessions.discard(request_session(request))  # a login rotates the session
+    user = state.users.by_uid(uid)
+    if user is not None and user.totp:
+        # The session waits for the TOTP code (pre_uid), so its uid is not the user's: Odoo's
+        # "workaround for the mobile apps" answers {"uid": None} instead of the session info.
+        resp = jsonrpc_response(req_id, result={"uid": None})
+        set_session_cookie(resp, state.new_session(pre_uid=uid))
+        return resp
+    resp = jsonrpc_response(req_id, result=state.session_info(request, uid))
     set_session_cookie(resp, state.new_session(uid))
     return resp
 
@@ -268,7 +291,8 @@ async def session_authenticate(
 async def session_get_info(
     request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
 ) -> web.Response:
-    if not state.session_uid(request):
+    uid = state.session_uid(request)
+    if not uid:
         state.app_log("INFO", "odoo.http", "Session expired")
         error = {
             "code": 100,
@@ -283,13 +307,21 @@ async def session_get_info(
             },
         }
         return jsonrpc_response(req_id, error=error)
-    return jsonrpc_response(req_id, result=state.session_info(request))
+    return jsonrpc_response(req_id, result=state.session_info(request, uid))
+
+
+def rpc_deprecation(state: Standin, logger: str) -> None:
+    """19's `rpc` addon logs this WARNING on every /xmlrpc, /xmlrpc/2 and /jsonrpc call
+    (addons/rpc/controllers/__init__.py, RPC_DEPRECATION_NOTICE % the logger's name)."""
+    if state.settings.major >= 19:
+        state.app_log("WARNING", logger, RPC_DEPRECATION_NOTICE % logger)
 
 
 @json_route
 async def jsonrpc_endpoint(
     request: web.Request, state: Standin, req_id: Any, params: dict[str, Any]
 ) -> web.Response:
+    rpc_deprecation(state, "odoo.addons.rpc.controllers.jsonrpc")
     require("RPC.jsonrpc", params, "service", "method", "args")
     args = params["args"]
     if not isinstance(args, list):
@@ -305,6 +337,7 @@ async def xmlrpc_endpoint(request: web.Request) -> web.Response:
     18 and 19 re-raise them to the HTTP layer, which logs each one as it logs an exception
     escaping any route (`Exception during request handling.` and a traceback at ERROR)."""
     state = request.app[STATE]
+    rpc_deprecation(state, "odoo.addons.rpc.controllers.xmlrpc")
     try:
         method, params = parse_xmlrpc(await request.read())
         result = await state.backend.dispatch(

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from watchdog.lab.standin.errors import (
-    ADMIN_UID,
     AccessDenied,
     ServerError,
     UserError,
@@ -29,6 +28,7 @@ from watchdog.lab.standin.errors import (
 )
 from watchdog.lab.standin.log import CURRENT_DB
 from watchdog.lab.standin.partners import PartnerStore
+from watchdog.lab.standin.users import COOLDOWN_MESSAGE, LoginCooldown, User, UserStore
 
 #: The build date a packaged release appends to `release.version` (odoo/release.py of the
 #: nightly builds: `version += '-20250421'`); 16's is the tag it is frozen at. 19's is a
@@ -80,6 +80,8 @@ class OdooBackend:
         version: str,
         log: LogFn,
         password_cost: float = 0.0,
+        users: UserStore | None = None,
+        cooldown: LoginCooldown | None = None,
     ) -> None:
         self.db = db
         self.login = login
@@ -88,8 +90,27 @@ class OdooBackend:
         self.log = log
         self.password_cost = password_cost
         self.db_down = False
+        self.users = users if users is not None else UserStore(login, password)
+        self.cooldown = cooldown if cooldown is not None else LoginCooldown()
         self.partners = PartnerStore()
-        self._checked: dict[int, str] = {}  # uid -> the password res.users.check last accepted
+        self.partners.user_name = self._user_name
+        for user in self.users.users.values():  # each user has its partner
+            if not user.partner_id:
+                user.partner_id = self.partners.create_one(
+                    {"name": user.name}, lambda _m: None, lambda _m: None, 1
+                )
+        #: Set by the `rpc_read_error` fault: partner reads raise an Odoo error.
+        self.read_error = False
+        self._checked: dict[int, str] = {}  # uid -> the credential res.users.check accepted
+
+    @property
+    def major(self) -> int:
+        digits = "".join(ch for ch in self.version.split(".")[0] if ch.isdigit())
+        return int(digits) if digits else 0
+
+    def _user_name(self, uid: int) -> str:
+        user = self.users.by_uid(uid)
+        return user.name if user else f"res.users({uid},)"
 
     async def password_check(self) -> None:
         """What verifying one password hash costs."""
@@ -111,30 +132,55 @@ class OdooBackend:
                 f'FATAL:  database "{db}" does not exist\n',
             )
 
-    async def authenticate(self, db: Any, login: Any, password: Any, remote: str) -> int:
+    async def _credentials_ok(self, user: User, password: str, *, interactive: bool) -> bool:
+        """`_check_credentials`: the password (slow); for RPC an API key, which a two-factor
+        user must use (`_rpc_api_keys_only`)."""
+        if not interactive and self.users.api_key_user(password, self.major) is user:
+            return True
+        await self.password_check()
+        if password != user.password:
+            return False
+        return interactive or not user.totp
+
+    async def authenticate(
+        self, db: Any, login: Any, password: Any, remote: str, *, interactive: bool = False
+    ) -> int:
         """res.users.authenticate: the uid, or AccessDenied (after logging like Odoo). The
-        password of a known login is checked (slow); an unknown login fails at once."""
+        password of a known login is checked (slow); an unknown login fails at once. From one
+        address, logins past the cooldown threshold are refused unchecked."""
         self.connect(str(db))
         if not password:  # Odoo's _login refuses an empty password before it logs anything
             raise AccessDenied()
-        if login == self.login:
-            await self.password_check()
-        if login == self.login and password == self.password:
+        source = remote or "127.0.0.1"
+        try:
+            blocked = self.cooldown.on_cooldown(source)
+            if blocked is not None:
+                self.cooldown.warn(self.log, source, str(login), str(db), *blocked)
+                raise AccessDenied(COOLDOWN_MESSAGE)
+            user = self.users.by_login(login)
+            if user is None or not await self._credentials_ok(
+                user, str(password), interactive=interactive
+            ):
+                self.cooldown.failed(source)
+                raise AccessDenied()
+        except AccessDenied:
             self.log(
                 "INFO",
                 "odoo.addons.base.models.res_users",
-                f"Login successful for db:{db} login:{login} from {remote}",
+                f"Login failed for db:{db} login:{login} from {remote}",
             )
-            return ADMIN_UID
+            raise
+        self.cooldown.succeeded(source)
         self.log(
             "INFO",
             "odoo.addons.base.models.res_users",
-            f"Login failed for db:{db} login:{login} from {remote}",
+            f"Login successful for db:{db} login:{login} from {remote}",
         )
-        raise AccessDenied()
+        return user.uid
 
     async def check(self, db: Any, uid: Any, password: Any) -> int:
-        """odoo.service.security.check: uid + password must match (a match is cached)."""
+        """odoo.service.security.check: uid + password or API key must match (a match is
+        cached, as `res.users.check` caches it)."""
         try:
             uid_int = int(uid)
         except (TypeError, ValueError) as exc:
@@ -142,11 +188,10 @@ class OdooBackend:
         self.connect(str(db))
         if not password:
             raise AccessDenied()
-        if uid_int == ADMIN_UID and self._checked.get(uid_int) == password:
+        if self._checked.get(uid_int) == password:
             return uid_int
-        if uid_int == ADMIN_UID:
-            await self.password_check()
-        if uid_int != ADMIN_UID or password != self.password:
+        user = self.users.by_uid(uid_int)
+        if user is None or not await self._credentials_ok(user, str(password), interactive=False):
             raise AccessDenied()
         self._checked[uid_int] = password
         return uid_int
@@ -224,4 +269,25 @@ class OdooBackend:
         def bad_query(message: str) -> None:
             self.log("ERROR", "odoo.sql_db", message)
 
+        if name == "read" and self.read_error:
+            raise read_failure(self.log)
         return self.partners.call(name, args, kw, uid, warn, bad_query)
+
+
+#: The column the `rpc_read_error` fault pretends a module added to res_partner's model but not
+#: to its table (a module upgraded without `-u`): every read of the model's fields fails.
+BROKEN_COLUMN = "lab_broken_field"
+
+
+def read_failure(log: LogFn) -> ServerError:
+    """What `read` raises when a field's column is missing: psycopg2's UndefinedColumn, after
+    odoo.sql_db's "bad query" ERROR line."""
+    query = f'SELECT "res_partner"."id", "res_partner"."{BROKEN_COLUMN}" FROM "res_partner"'  # noqa: S608 (a log line's text, never run)
+    text = (
+        f'column res_partner.{BROKEN_COLUMN} does not exist\n'
+        f"LINE 1: SELECT \"res_partner\".\"id\", \"res_partner\".\"{BROKEN_COLUMN}\" ...\n"
+        "                                       ^\n"
+    )
+    log("ERROR", "odoo.sql_db", f"bad query: {query} WHERE (\"res_partner\".\"id\" IN (...))\n"
+        f"ERROR: {text}")
+    return ServerError("psycopg2.errors.UndefinedColumn", text)

@@ -10,8 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,16 @@ from watchdog.lab.standin.errors import ADMIN_PARTNER_ID, ADMIN_UID
 from watchdog.lab.standin.faults import Faults
 from watchdog.lab.standin.log import OdooLog
 from watchdog.lab.standin.services import OdooBackend, version_info
+from watchdog.lab.standin.sessions import SessionStore, default_secret
+from watchdog.lab.standin.users import (
+    COOLDOWN_AFTER,
+    COOLDOWN_DURATION,
+    LoginCooldown,
+    User,
+    UserStore,
+)
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-MAX_SESSIONS = 10_000
 #: What one password check costs real Odoo 17/18 (passlib pbkdf2_sha512, 600,000 rounds).
 PASSWORD_COST = 0.35
 CSRF_LIFETIME = 365 * 24 * 3600
@@ -43,6 +49,21 @@ class StandinSettings:
     syslog: Path | None = None
     #: Seconds one password check takes (a login, or an RPC call's first check of a password).
     password_cost: float = PASSWORD_COST
+    #: Odoo's data_dir: sessions are kept under <data_dir>/sessions (None: in memory only).
+    data_dir: Path | None = None
+    #: `database.secret` (None: the same for every stand-in on this database name).
+    db_secret: str | None = None
+    #: Extra users: "LOGIN:PASSWORD[:API_KEY]" each (the --user option).
+    users: list[str] = field(default_factory=list)
+    #: A JSON users file (users.py's docstring gives its shape).
+    users_file: Path | None = None
+    #: Logins with two-factor authentication enabled.
+    totp_users: list[str] = field(default_factory=list)
+    #: "LOGIN:API_KEY" each: a key of that user that expired yesterday.
+    expired_api_keys: list[str] = field(default_factory=list)
+    #: base.login_cooldown_after and base.login_cooldown_duration.
+    login_cooldown_after: int = COOLDOWN_AFTER
+    login_cooldown_duration: float = COOLDOWN_DURATION
 
     @property
     def major(self) -> int:
@@ -74,6 +95,7 @@ class Standin:
         release = f"Odoo Server {version_info(settings.version)['server_version']}"
         self.log = OdooLog(settings.log_file, settings.log_stdout, syslog=settings.syslog,
                            release=release)
+        self.users = build_users(settings)
         self.backend = OdooBackend(
             db=settings.db,
             login=settings.login,
@@ -81,9 +103,17 @@ class Standin:
             version=settings.version,
             log=self.app_log,
             password_cost=settings.password_cost,
+            users=self.users,
+            cooldown=LoginCooldown(settings.login_cooldown_after,
+                                   settings.login_cooldown_duration),
         )
-        #: session id -> uid (None: a session that has not logged in)
-        self.sessions: OrderedDict[str, int | None] = OrderedDict()
+        self.sessions = SessionStore(
+            major=settings.major,
+            db=settings.db,
+            secret=settings.db_secret or default_secret(settings.db),
+            users=self.users,
+            directory=settings.data_dir / "sessions" if settings.data_dir else None,
+        )
         self._csrf_secret = secrets.token_bytes(32)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -114,6 +144,7 @@ class Standin:
         for key, value in settings.items():
             setattr(self.faults, key, value)
         self.backend.db_down = self.faults.db_down
+        self.backend.read_error = self.faults.rpc_read_error
         # One-shots: write the lines now, then the setting returns to 0.
         burst = self.faults.log_errors
         db = self.settings.db  # as a request on the database would log them
@@ -132,13 +163,10 @@ class Standin:
     def reset_faults(self) -> None:
         self.faults = Faults()
         self.backend.db_down = False
+        self.backend.read_error = False
 
-    def new_session(self, uid: int | None = None) -> str:
-        sid = secrets.token_urlsafe(63)
-        self.sessions[sid] = uid
-        while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
-        return sid
+    def new_session(self, uid: int | None = None, *, pre_uid: int | None = None) -> str:
+        return self.sessions.new(uid, pre_uid=pre_uid)
 
     def session_id(self, request: web.Request) -> str | None:
         """The request's session, if its cookie names one this stand-in knows."""
@@ -146,8 +174,8 @@ class Standin:
         return sid if sid and sid in self.sessions else None
 
     def session_uid(self, request: web.Request) -> int | None:
-        sid = self.session_id(request)
-        return self.sessions.get(sid) if sid else None
+        """The logged-in uid of the request's session (after Odoo's session check)."""
+        return self.sessions.uid(request.cookies.get("session_id"))
 
     def csrf_token(self, sid: str) -> str:
         """A token bound to session `sid`, valid for a year: `<hmac>o<expiry>` as Odoo's are."""
@@ -165,27 +193,29 @@ class Standin:
     def _csrf_mac(self, sid: str, expiry: int) -> str:
         return hmac.new(self._csrf_secret, f"{sid}{expiry}".encode(), hashlib.sha1).hexdigest()
 
-    def session_info(self, request: web.Request) -> dict[str, Any]:
+    def session_info(self, request: web.Request, uid: int = ADMIN_UID) -> dict[str, Any]:
         """A trimmed `ir.http.session_info()` as /web/session/authenticate returns it."""
         s = self.settings
+        user = self.users.by_uid(uid) or User(uid, s.login, "")
+        admin = uid == ADMIN_UID
         ver = version_info(s.version)
         translations = hashlib.sha1(f"{s.version}-en_US".encode()).hexdigest()  # noqa: S324
         return {
-            "uid": ADMIN_UID,
-            "is_system": True,
-            "is_admin": True,
+            "uid": uid,
+            "is_system": admin,
+            "is_admin": admin,
             "is_public": False,
             "is_internal_user": True,
-            "user_context": {"lang": "en_US", "tz": "Europe/Brussels", "uid": ADMIN_UID},
+            "user_context": {"lang": "en_US", "tz": "Europe/Brussels", "uid": uid},
             "db": s.db,
-            "user_settings": {"id": 1, "user_id": {"id": ADMIN_UID}},
+            "user_settings": {"id": uid - 1, "user_id": {"id": uid}},
             "server_version": ver["server_version"],
             "server_version_info": ver["server_version_info"],
             "support_url": "https://www.odoo.com/buy",
-            "name": "Administrator",
-            "username": s.login,
-            "partner_display_name": "Administrator",
-            "partner_id": ADMIN_PARTNER_ID,
+            "name": user.name,
+            "username": user.login,
+            "partner_display_name": user.name,
+            "partner_id": user.partner_id or ADMIN_PARTNER_ID,
             "web.base.url": f"{request.scheme}://{request.host}",
             "active_ids_limit": 20000,
             "profile_session": None,
@@ -211,8 +241,23 @@ class Standin:
             },
             "show_effect": True,
             "display_switch_company_menu": False,
-            "user_id": [ADMIN_UID],
+            "user_id": [uid],
         }
+
+
+def build_users(settings: StandinSettings) -> UserStore:
+    """The admin (--login/--password), then the users file, --user, --totp-user and
+    --expired-api-key, in that order."""
+    users = UserStore(settings.login, settings.password)
+    if settings.users_file is not None:
+        users.load_file(settings.users_file)
+    for spec in settings.users:
+        users.add_spec(spec)
+    for login in settings.totp_users:
+        users.set_totp(login)
+    for spec in settings.expired_api_keys:
+        users.add_expired_key(spec)
+    return users
 
 
 STATE: web.AppKey[Standin] = web.AppKey("odoo_standin", Standin)
