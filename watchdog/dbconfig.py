@@ -97,10 +97,37 @@ class MigrateSettings(Strict):
 
 
 class DeploySettings(Strict):
+    """`image`: recreate the candidate's container from it (a `container` colour); `command`
+    alone: an argv that brings the candidate up (systemd or anything else); with `image`,
+    `command` is the new container's command instead of the image's."""
+
     image: str | None = None
-    command: list[str] | None = None
+    command: list[str] | None = Field(None, min_length=1)
     timeout: Duration = Field(300.0, gt=0)
     pull: bool = True
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str | None) -> str | None:
+        if image is not None:
+            if not image.strip():
+                raise ValueError("image must not be empty")
+            check_template(image, PREPARE_VARS)
+        return image
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, argv: list[str] | None) -> list[str] | None:
+        for arg in argv or ():
+            check_template(arg, PREPARE_VARS)
+        return argv
+
+    @model_validator(mode="after")
+    def _one(self) -> DeploySettings:
+        if self.image is None and self.command is None:
+            raise ValueError("deploy needs an image (for a container colour) or a command "
+                             "(e.g. [systemctl, restart, odoo-green])")
+        return self
 
 
 class _Named(Strict):
@@ -149,6 +176,13 @@ def step_name(step: str | MigrateStep | DeployStep | _BadStep) -> str:
     return "migrate" if isinstance(step, MigrateStep) else "deploy"
 
 
+def deploy_settings(steps: list[Any]) -> DeploySettings | None:
+    for step in steps:
+        if isinstance(step, DeployStep):
+            return step.deploy
+    return None
+
+
 def migrate_settings(steps: list[Any]) -> MigrateSettings:
     for step in steps:
         if isinstance(step, MigrateStep):
@@ -167,10 +201,6 @@ def check_prepare(steps: list[Any], database: DatabaseConfig | None) -> None:
     if names != order:
         raise ValueError(f"steps run in the order {', '.join(STEP_ORDER)} (got "
                          f"{', '.join(names)})")
-    if "deploy" in names:
-        raise ValueError("the deploy step is not built yet (it is the next part of "
-                         "the whole deployment); bring the candidate up on its new version "
-                         "before the rollout and leave deploy out")
     needs_db = [n for n in names if n in ("backup", "clone", "migrate", "gate")]
     if needs_db and database is None:
         raise ValueError(f"{needs_db[0]} needs the site's database: settings")
