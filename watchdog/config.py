@@ -29,6 +29,7 @@ from watchdog.dbconfig import (
     DatabaseConfig,
     PrepareStep,
     check_prepare,
+    deploy_settings,
     migrate_settings,
     step_name,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "ColorConfig",
     "ConfigError",
     "DaemonConfig",
+    "HttpCheck",
     "HttpRule",
     "LoadedConfig",
     "LogsRule",
@@ -76,6 +78,8 @@ __all__ = [
     "Rule",
     "RuleOrigin",
     "SiteConfig",
+    "SmokeCheck",
+    "SmokeSettings",
     "WeightStep",
     "check_template",
     "is_loopback",
@@ -199,8 +203,97 @@ Step = Annotated[
     Discriminator(_step_tag),
 ]
 
-SmokeCheck = Literal["health", "login", "rpc"]
+SmokeCheck = Literal["health", "login", "rpc", "workflow", "latency", "sessions", "http"]
 _DEFAULT_SMOKE: tuple[SmokeCheck, ...] = ("health", "login")
+# The checks that log in, and so need smoke_settings.credentials_file.
+_NEEDS_CREDENTIALS: tuple[SmokeCheck, ...] = ("workflow", "sessions")
+
+
+class LatencySettings(_Strict):
+    """`latency`: `requests` sequential GETs of `path` on the candidate; p95 under `p95`."""
+
+    requests: int = Field(20, ge=1, le=1000)
+    path: str = "/web/login"
+    p95: Duration = Field(0.5, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _smoke_path(value)
+
+
+class HttpCheck(_Strict):
+    """A named `http` smoke check: GET `path`, one of `status`, and `body` in the answer."""
+
+    name: str
+    path: str
+    status: list[int] = Field(default_factory=lambda: [200], min_length=1)
+    body: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+            raise ValueError(f"http check name {value!r}: use letters, digits, '_', '-', '.'")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _smoke_path(value)
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: list[int]) -> list[int]:
+        bad = [s for s in value if not 100 <= s <= 599]
+        if bad:
+            raise ValueError(f"status {bad[0]} is not an HTTP status (100-599)")
+        return value
+
+
+def _smoke_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"path {value!r}: give a path on the colour's url, starting with '/'")
+    return value
+
+
+class SmokeSettings(_Strict):
+    """`smoke_settings` (docs/rollouts.md, "Smoke checks"): what the checks that log in, measure
+    or fetch pages use. The credentials file is read by `watchdog.smoke.load_credentials`."""
+
+    credentials_file: Path | None = None
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+    sessions: Literal["warn", "require", "off"] = "warn"
+    http: list[HttpCheck] = Field(default_factory=list)
+
+    @field_validator("http")
+    @classmethod
+    def _unique(cls, checks: list[HttpCheck]) -> list[HttpCheck]:
+        seen: set[str] = set()
+        for check in checks:
+            if check.name in seen:
+                raise ValueError(f"http check {check.name!r} is named twice: each check is "
+                                 "reported under its name")
+            seen.add(check.name)
+        return checks
+
+
+def check_smoke(smoke: list[SmokeCheck], settings: SmokeSettings) -> None:
+    """The smoke checks a site lists against its smoke_settings (ValueError says what lacks)."""
+    if len(set(smoke)) != len(smoke):
+        twice = next(c for c in smoke if smoke.count(c) > 1)
+        raise ValueError(f"rollout.smoke lists {twice} twice")
+    if settings.credentials_file is None:
+        needing = [c for c in smoke if c in _NEEDS_CREDENTIALS]
+        if needing:
+            raise ValueError(f"rollout.smoke lists {' and '.join(needing)}, which log in: set "
+                             "smoke_settings.credentials_file (a JSON file {\"db\", \"login\", "
+                             "\"password\"} or {\"db\", \"login\", \"api_key\"} of a smoke "
+                             "user)")
+    if "http" in smoke and not settings.http:
+        raise ValueError("rollout.smoke lists http but smoke_settings.http names no check: "
+                         "add e.g. {name: db_manager_hidden, path: /web/database/manager, "
+                         "status: [403, 404]}")
 
 
 def _default_steps() -> list[WeightStep | Literal["pause"]]:
@@ -238,6 +331,7 @@ class SiteConfig(_Strict):
     colors: dict[str, ColorConfig]
     live: Color = "blue"
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    smoke_settings: SmokeSettings = Field(default_factory=SmokeSettings, validate_default=True)
     database: DatabaseConfig | None = None
     prepare: list[PrepareStep] = Field(default_factory=list)
 
@@ -254,6 +348,14 @@ class SiteConfig(_Strict):
         if len(set(servers)) != len(servers):
             raise ValueError(f"blue and green use the same server name {servers[0]!r}")
         return colors
+
+    @field_validator("smoke_settings")
+    @classmethod
+    def _smoke_fits(cls, settings: SmokeSettings, info: ValidationInfo) -> SmokeSettings:
+        rollout = info.data.get("rollout")
+        if isinstance(rollout, RolloutConfig):
+            check_smoke(rollout.smoke, settings)
+        return settings
 
     @model_validator(mode="after")
     def _servers_fit_router(self) -> SiteConfig:
@@ -273,6 +375,13 @@ class SiteConfig(_Strict):
             if bare:
                 raise ValueError(f"migrate with container: true needs each colour's "
                                  f"container (colour {bare[0]} has none)")
+        deploy = deploy_settings(self.prepare)
+        if deploy is not None and deploy.image is not None:
+            bare = [c for c, spec in self.colors.items() if spec.container is None]
+            if bare:
+                raise ValueError(f"deploy with an image recreates the candidate's container: "
+                                 f"each colour needs container: (colour {bare[0]} has none); "
+                                 "for a colour run by systemd give deploy a command instead")
         return self
 
     @property

@@ -3,9 +3,12 @@
 - `health`: `GET /web/health` answers 200 with `{"status": "pass"}` (Odoo 16+).
 - `login`: `GET /web/login` answers 200 (the login page renders: database and assets load).
 - `rpc`: XML-RPC `common.version()` on `/xmlrpc/2/common` returns a version (the RPC
-  dispatcher that integrations and the mobile apps use works). The series comes from
+  dispatcher that integrations and the mobile apps use works); on 19, where every XML-RPC
+  call logs a deprecation warning, `GET /web/version` instead. The series comes from
   `server_version_info` ([17, 0, 0, "final", 0, ""]); `server_version` is only shown, since a
   packaged build reports it with its date ("18.0-20250421") and a SaaS one as "saas~17.4".
+
+The checks that log in, measure or fetch named pages are in `watchdog.smoke`.
 
 Odoo keeps no connection open (16, 17 answer HTTP/1.0, 18, 19 `Connection: close`) and needs a
 Host header (without one it answers 500): aiohttp sends one and opens a connection a request.
@@ -54,6 +57,35 @@ async def check_login(session: aiohttp.ClientSession, url: str) -> tuple[bool, s
 
 
 async def check_rpc(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+    """Odoo's RPC layer answers, without any credentials: on 19 `GET /web/version` (its RPC
+    controller's version probe: XML-RPC and JSON-RPC there log a deprecation warning on every
+    call), before 19 (no such route: 404) XML-RPC `common.version()`."""
+    try:
+        async with session.get(url + "/web/version", allow_redirects=False,
+                               timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT)) as resp:
+            text = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        status = 0  # XML-RPC below says what is wrong
+    if status == 200:
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            return False, "/web/version did not answer JSON"
+        info = answer.get("version_info") if isinstance(answer, dict) else None
+        if not isinstance(info, list) or len(info) < 2:
+            return False, "/web/version gave no version_info"
+        return True, f"/web/version {_shown(info, answer.get('version'))}"
+    return await check_xmlrpc(session, url)
+
+
+def _shown(info: list[object], version: object) -> str:
+    series = f"{info[0]}.{info[1]}"
+    version = version or series
+    return series if version == series else f"{series} ({version})"
+
+
+async def check_xmlrpc(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
     """XML-RPC `common.version()`: Odoo's RPC dispatcher answers, without any credentials."""
     body = ("<?xml version='1.0'?><methodCall><methodName>version</methodName>"
             "<params></params></methodCall>")
@@ -75,10 +107,7 @@ async def check_rpc(session: aiohttp.ClientSession, url: str) -> tuple[bool, str
     info = answer.get("server_version_info")
     if not isinstance(info, list) or len(info) < 2:
         return False, "/xmlrpc/2/common version() gave no server_version_info"
-    series = f"{info[0]}.{info[1]}"
-    version = answer.get("server_version") or series
-    shown = series if version == series else f"{series} ({version})"
-    return True, f"XML-RPC version {shown}"
+    return True, f"XML-RPC version {_shown(info, answer.get('server_version'))}"
 
 
 CHECKS = {"health": check_health, "login": check_login, "rpc": check_rpc}
