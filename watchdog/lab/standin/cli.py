@@ -9,6 +9,7 @@ from aiohttp import web
 
 from watchdog.lab.standin.app import create_app
 from watchdog.lab.standin.state import PASSWORD_COST, STATE, StandinSettings
+from watchdog.lab.standin.users import COOLDOWN_AFTER, COOLDOWN_DURATION
 
 DESCRIPTION = (
     "The Odoo stand-in: an aiohttp app that speaks Odoo 16-19's HTTP and RPC surface on loopback."
@@ -45,6 +46,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--db-dsn", default=None, metavar="CONNINFO",
                         help="hold one idle connection to this database, as Odoo's workers do")
+    users = parser.add_argument_group("users and sessions")
+    users.add_argument("--user", action="append", default=[], metavar="LOGIN:PASSWORD[:API_KEY]",
+                       help="a user (repeatable); an API key that never expires")
+    users.add_argument("--users", type=Path, default=None, metavar="FILE",
+                       help='a JSON list of users: [{"login", "password", "api_keys": '
+                       '[{"key", "expires"}], "totp", "name"}]')
+    users.add_argument("--totp-user", action="append", default=[], metavar="LOGIN",
+                       help="this user has two-factor authentication (repeatable)")
+    users.add_argument("--expired-api-key", action="append", default=[],
+                       metavar="LOGIN:API_KEY",
+                       help="give this user an API key that expired yesterday (refused from 18)")
+    users.add_argument("--login-cooldown-after", type=int, default=COOLDOWN_AFTER,
+                       metavar="N", help="base.login_cooldown_after (0: no cooldown)")
+    users.add_argument("--login-cooldown-duration", type=float, default=COOLDOWN_DURATION,
+                       metavar="SECONDS", help="base.login_cooldown_duration")
+    users.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="Odoo's data_dir: sessions as files under DIR/sessions")
+    users.add_argument("--db-secret", default=None, metavar="SECRET",
+                       help="database.secret (default: the same for every stand-in on --db)")
     args = parser.parse_args(argv)
     settings = StandinSettings(
         color=args.color,
@@ -56,8 +76,19 @@ def main(argv: list[str] | None = None) -> None:
         log_stdout=args.log_stdout,
         syslog=args.syslog,
         password_cost=args.password_cost,
+        data_dir=args.data_dir,
+        db_secret=args.db_secret,
+        users=args.user,
+        users_file=args.users,
+        totp_users=args.totp_user,
+        expired_api_keys=args.expired_api_key,
+        login_cooldown_after=args.login_cooldown_after,
+        login_cooldown_duration=args.login_cooldown_duration,
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (OSError, ValueError) as exc:  # a bad users file or --user spec
+        parser.error(str(exc))
 
     async def announce(_app: web.Application) -> None:
         app[STATE].log.write(

@@ -22,9 +22,20 @@ class StandinProcess(LabProgram):
         log_stdout: bool = False,
         password_cost: float | None = None,
         syslog: Path | None = None,
+        db: str | None = None,
+        users: list[str] | None = None,
+        totp_users: list[str] | None = None,
+        expired_api_keys: list[str] | None = None,
+        users_file: Path | None = None,
+        data_dir: Path | None = None,
+        db_secret: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         """`syslog`: log as Odoo's `--syslog` to this unix datagram socket, instead of
-        `log_file` (which then stays unwritten, as Odoo's does)."""
+        `log_file` (which then stays unwritten, as Odoo's does). `users` ("LOGIN:PASSWORD[:KEY]"
+        each), `totp_users`, `expired_api_keys` ("LOGIN:KEY"), `users_file`, `data_dir` and
+        `db_secret` are the command line's --user, --totp-user, --expired-api-key, --users,
+        --data-dir and --db-secret; `extra_args` go to the command line as given."""
         self.color = color
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
@@ -53,6 +64,22 @@ class StandinProcess(LabProgram):
             argv += ["--syslog", str(syslog)]
         if password_cost is not None:  # None: the stand-in's default, Odoo's ~0.35 s
             argv += ["--password-cost", str(password_cost)]
+        self.data_dir = data_dir
+        if db is not None:
+            argv += ["--db", db]
+        for spec in users or []:
+            argv += ["--user", spec]
+        for login in totp_users or []:
+            argv += ["--totp-user", login]
+        for spec in expired_api_keys or []:
+            argv += ["--expired-api-key", spec]
+        if users_file is not None:
+            argv += ["--users", str(users_file)]
+        if data_dir is not None:
+            argv += ["--data-dir", str(data_dir)]
+        if db_secret is not None:
+            argv += ["--db-secret", db_secret]
+        argv += list(extra_args or [])
         project_root = str(Path(__file__).resolve().parents[3])
         pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH")) if p)
         self.process = ManagedProcess(
