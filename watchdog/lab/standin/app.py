@@ -138,6 +138,9 @@ async def lab_info(request: web.Request) -> web.Response:
             "pid": os.getpid(),
             "uptime": round(time.time() - state.started, 3),
             "faults": asdict(state.faults),
+            #: res.partner rows (archived ones too): "partner count unchanged afterwards".
+            "partners": len(state.backend.partners.records),
+            "sessions_dir": str(state.sessions.directory) if state.sessions.directory else None,
         }
     )
 
