@@ -115,8 +115,7 @@ async def test_clone_by_dump_while_the_live_colour_is_connected_never_disconnect
         # the live colour's session is still there, on the same backend
         cur = await odoo.execute("SELECT pg_backend_pid(), count(*) FROM res_partner")
         assert await cur.fetchone() == (pid, 3002)
-        assert any(line.endswith("piped from pg_dump to pg_restore, restored")
-                   for line in lines), lines
+        assert f"clone: pg_dump | pg_restore into {cand}_wdclone done" in lines, lines
         assert databases(postgres, cand) == [cand]
     finally:
         await odoo.close()

@@ -10,8 +10,8 @@ How the database is copied:
 - otherwise (the live colour's Odoo is connected, or the colours have two servers):
   `pg_dump -Fc -Z0` of the source piped into `pg_restore` of a database created from template0
   with the source's encoding and collation. The two programs run side by side, each in its
-  own process group, dying with the daemon (PR_SET_PDEATHSIG); the archive goes through this
-  process (which counts the bytes for the progress lines). A dump never ends a session of
+  own process group, dying with the daemon (PR_SET_PDEATHSIG); the archive goes through an OS
+  pipe (progress lines give the size restored so far). A dump never ends a session of
   the source: the live colour keeps serving.
 Never Odoo's own duplicate: it ends every connection to the source and regenerates
 `database.secret` (logging every user out) and `database.uuid` (IAP, subscription). Both
@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -65,7 +67,6 @@ OLD = "_wdold"  # <candidate>_wdold: the candidate's old database while the new 
 NAMEDATALEN = 63  # PostgreSQL's longest name, in bytes (longer ones are silently truncated)
 APP = "odoo-watchdog-clone"
 PROGRESS_INTERVAL = 5.0  # seconds between two progress lines while the dump is piped
-CHUNK = 256 * 1024  # bytes read from pg_dump at a time
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL when pg_dump/pg_restore are stopped
 TAIL = command.TAIL  # lines of each program's stderr kept for the StepFailed
 SHOWN = 5  # sessions named in `why`
@@ -299,44 +300,40 @@ async def _dump_restore(src: Server, src_db: str, dst: Server, tmp: str, owner: 
                     "--dbname=" + make_conninfo("", dbname=tmp, application_name=APP)]
     if owner is not None:
         restore_argv.append("--role=" + owner)
-    dump = await _spawn(dump_argv, src, stdin=False)
+    # An OS pipe between the two, as a shell's `|`: relaying the archive through this process
+    # cost 2.5 s on the 1 GB database (19.3 s against 16.6 s); progress is read from the
+    # size of the database being restored instead.
+    read_end, write_end = os.pipe()
     try:
-        restore = await _spawn(restore_argv, dst, stdin=True)
-    except BaseException:
-        await asyncio.shield(command.stop(dump, GRACE))
-        raise
+        dump = await _spawn(dump_argv, src, stdout=write_end)
+        try:
+            restore = await _spawn(restore_argv, dst, stdin=read_end)
+        except BaseException:
+            await asyncio.shield(command.stop(dump, GRACE))
+            raise
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     dump_err: deque[str] = deque(maxlen=TAIL)
     restore_err: deque[str] = deque(maxlen=TAIL)
-    piped = 0
-    broken = False  # pg_restore stopped reading (it failed): pg_dump is stopped
-
-    async def relay() -> None:
-        nonlocal piped, broken
-        assert dump.stdout is not None and restore.stdin is not None
-        try:
-            while chunk := await dump.stdout.read(CHUNK):
-                restore.stdin.write(chunk)
-                await restore.stdin.drain()
-                piped += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            broken = True
-        finally:
-            restore.stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await restore.stdin.wait_closed()
 
     async def report() -> None:
-        while True:
-            await asyncio.sleep(PROGRESS_INTERVAL)
-            progress(f"clone: {size(piped)} piped from pg_dump to pg_restore")
+        conn = await _admin(dst)
+        try:
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL)
+                async with conn.cursor() as cur:
+                    await cur.execute("SELECT pg_database_size(%s)", (tmp,))
+                    row = await cur.fetchone()
+                if row is not None:
+                    progress(f"clone: {size(int(row[0]))} restored into {tmp} so far")
+        finally:
+            await conn.close()
 
     readers = [asyncio.ensure_future(_read_lines(dump, dump_err)),
                asyncio.ensure_future(_read_lines(restore, restore_err))]
     reporter = asyncio.ensure_future(report())
     try:
-        await relay()
-        if broken:
-            await command.stop(dump, GRACE)
         dump_code = await dump.wait()
         restore_code = await restore.wait()
         await asyncio.gather(*readers, return_exceptions=True)
@@ -346,8 +343,11 @@ async def _dump_restore(src: Server, src_db: str, dst: Server, tmp: str, owner: 
         raise
     finally:
         reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
         for reader in readers:
             reader.cancel()
+    # pg_restore stopped reading (it failed): pg_dump died of SIGPIPE, pg_restore's error counts
+    broken = dump_code == -signal.SIGPIPE
     output = (tuple(f"pg_dump: {line}" for line in dump_err)
               + tuple(f"pg_restore: {line}" for line in restore_err))
     if dump_code != 0 and not broken:
@@ -361,17 +361,19 @@ async def _dump_restore(src: Server, src_db: str, dst: Server, tmp: str, owner: 
     if dump_code != 0:  # pragma: no cover (pg_restore succeeded without the whole archive)
         raise StepFailed(f"pg_dump of {src_db} exited {dump_code}: {_last(dump_err)}",
                          exit_code=dump_code, output=output)
-    progress(f"clone: {size(piped)} piped from pg_dump to pg_restore, restored")
+    progress(f"clone: pg_dump | pg_restore into {tmp} done")
 
 
-async def _spawn(argv: list[str], server: Server, *, stdin: bool) -> asyncio.subprocess.Process:
-    """One side of the pipe: its own process group, dying with the daemon, the server's PG*
-    environment (the password never in argv)."""
-    pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+async def _spawn(argv: list[str], server: Server, *, stdin: int | None = None,
+                 stdout: int | None = None) -> asyncio.subprocess.Process:
+    """One side of the pipe (`stdin` or `stdout`: its end): its own process group, dying with
+    the daemon, the server's PG* environment (the password never in argv)."""
+    devnull = asyncio.subprocess.DEVNULL
     try:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=pipe if stdin else devnull, stdout=devnull if stdin else pipe,
-            stderr=pipe, env=server.env(), start_new_session=True,
+            *argv, stdin=stdin if stdin is not None else devnull,
+            stdout=stdout if stdout is not None else devnull,
+            stderr=asyncio.subprocess.PIPE, env=server.env(), start_new_session=True,
             preexec_fn=command.die_with_parent)
     except OSError as exc:
         raise command.CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
@@ -433,8 +435,8 @@ async def _create(conn: psycopg.AsyncConnection[Any], name: str, template: str,
     through the WAL (1 GB of WAL for a 1 GB database, shipped to every replica and archive).
     Measured on the generated 1 GB database (bench/bench_database.py): 3.4 s against 3.9 s.
     Its cost is a checkpoint just before the copy."""
-    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                              sql.Identifier(template))]
+    parts: list[sql.Composable] = [sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(template))]
     if file_copy:
         parts.append(sql.SQL("STRATEGY FILE_COPY"))
     if facts is not None:  # from template0: the source's encoding and collation
