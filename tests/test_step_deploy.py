@@ -353,3 +353,67 @@ async def test_deploy_command_failures_say_what_happened(
     assert time.monotonic() - started < 10
     assert "not healthy within 2 s" in str(unhealthy.value)
     assert "/web/health unreachable" in str(unhealthy.value)
+
+
+# ---------------------------------------------------------------- on user networks, as compose
+
+
+@pytest.fixture
+def networks(docker_client: Any) -> Iterator[tuple[str, str]]:
+    """Two internal bridge networks (no traffic leaves the machine); the first with a subnet
+    of its own, so that a container may have a fixed address in it."""
+    tag = uuid.uuid4().hex[:8]
+    names = (f"wdtest-deploy-net1-{tag}", f"wdtest-deploy-net2-{tag}")
+    import docker.types
+
+    pool = docker.types.IPAMPool(subnet="172.30.117.0/24")
+    docker_client.networks.create(names[0], internal=True,
+                                  ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+    docker_client.networks.create(names[1], internal=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            with contextlib.suppress(Exception):
+                docker_client.networks.get(name).remove()
+
+
+async def test_deploy_keeps_the_networks_aliases_and_address(
+        docker_client: Any, networks: tuple[str, str]) -> None:
+    net1, net2 = networks
+    name = f"wdtest-deploy-{uuid.uuid4().hex[:8]}"
+    probe = name + "-probe"
+    api = docker_client.api
+    try:
+        created = api.create_container(
+            image("16.0"), name=name, host_config=api.create_host_config(network_mode=net1),
+            networking_config=api.create_networking_config({net1: api.create_endpoint_config(
+                aliases=["odoo-green"], ipv4_address="172.30.117.10")}))
+        api.connect_container_to_network(created["Id"], net2, aliases=["odoo-green-extra"])
+        api.start(created["Id"])
+        url = "http://172.30.117.10:8069"
+        result = await deploy(name, image("17.0"), url=url, timeout=30, grace=1)
+        assert result.container_id != created["Id"]
+        nets = api.inspect_container(name)["NetworkSettings"]["Networks"]
+        assert set(nets) == {net1, net2}
+        assert nets[net1]["IPAddress"] == "172.30.117.10"
+        assert "odoo-green" in nets[net1]["Aliases"]
+        assert "odoo-green-extra" in nets[net2]["Aliases"]
+        assert created["Id"][:12] not in nets[net1]["Aliases"] + nets[net2]["Aliases"]
+        # another container of the network finds the new one by its alias
+        out = docker_client.containers.run(
+            image("16.0"), ["wget", "-q", "-O", "-", "http://odoo-green:8069/web/health"],
+            entrypoint=[], name=probe, network=net1)
+        assert json.loads(out) == {"status": "pass", "lab_version": "17.0"}
+    finally:
+        _remove(docker_client, probe)
+        _remove(docker_client, name + ASIDE)
+        _remove(docker_client, name)
+
+
+def test_build_images_is_idempotent(docker_client: Any) -> None:
+    names = build_images(docker_client)
+    ids = [docker_client.api.inspect_image(n)["Id"] for n in names]
+    assert build_images(docker_client) == names
+    assert [docker_client.api.inspect_image(n)["Id"] for n in names] == ids
+    assert len(set(ids)) == len(names) == 4
