@@ -286,7 +286,8 @@ def check_smoke(smoke: list[SmokeCheck], settings: SmokeSettings) -> None:
     if settings.credentials_file is None:
         needing = [c for c in smoke if c in _NEEDS_CREDENTIALS]
         if needing:
-            raise ValueError(f"rollout.smoke lists {' and '.join(needing)}, which log in: set "
+            verb = "logs in" if len(needing) == 1 else "log in"
+            raise ValueError(f"rollout.smoke lists {' and '.join(needing)}, which {verb}: set "
                              "smoke_settings.credentials_file (a JSON file {\"db\", \"login\", "
                              "\"password\"} or {\"db\", \"login\", \"api_key\"} of a smoke "
                              "user)")
