@@ -417,3 +417,27 @@ def test_build_images_is_idempotent(docker_client: Any) -> None:
     assert build_images(docker_client) == names
     assert [docker_client.api.inspect_image(n)["Id"] for n in names] == ids
     assert len(set(ids)) == len(names) == 4
+
+
+async def test_deploy_keeps_an_anonymous_volume_given_with_mount(
+        docker_client: Any, old: Callable[..., Old]) -> None:
+    import docker.types
+
+    box = old()
+    api = docker_client.api
+    _remove(docker_client, box.name)  # the same settings again, with a --mount volume
+    created = api.create_container(
+        image("16.0"), name=box.name, environment={"ODOO_PORT": str(box.port)},
+        host_config=api.create_host_config(network_mode="host", mounts=[
+            docker.types.Mount("/mnt/extra", None, type="volume")]))
+    api.start(created["Id"])
+    wait_health(box.port, "16.0")
+    wrote = api.exec_create(created["Id"], ["sh", "-c", "echo kept > /mnt/extra/f"],
+                            user="root")
+    assert api.exec_start(wrote) == b"" and api.exec_inspect(wrote)["ExitCode"] == 0
+    before = _volume(api.inspect_container(box.name), "/mnt/extra")
+    await deploy(box.name, image("17.0"), url=box.url, timeout=30, grace=1)
+    after = api.inspect_container(box.name)
+    assert _volume(after, "/mnt/extra") == before
+    out = docker_client.containers.get(box.name).exec_run(["cat", "/mnt/extra/f"]).output
+    assert out == b"kept\n"

@@ -237,9 +237,22 @@ def create_config(attrs: Mapping[str, Any], old_image: Mapping[str, Any], image:
 
     # Volumes that are in no bind nor mount of the HostConfig (the image's VOLUMEs and `-v
     # /path`): the same volumes again, as compose does, so that /var/lib/odoo is kept.
+    # `--mount type=volume,dst=/x` without a source is an anonymous volume too: its name is
+    # written into the mount.
+    volumes = {str(m.get("Destination")): str(m.get("Name")) for m in attrs.get("Mounts") or ()
+               if m.get("Type") == "volume" and m.get("Name")}
+    mounts = []
+    for mount in host.get("Mounts") or ():
+        mount = dict(mount)
+        if mount.get("Type") == "volume" and not mount.get("Source") \
+                and str(mount.get("Target")) in volumes:
+            mount["Source"] = volumes[str(mount["Target"])]
+        mounts.append(mount)
+    if mounts:
+        host["Mounts"] = mounts
     binds = list(host.get("Binds") or ())
     targets = {b.split(":")[1] for b in binds if ":" in b}
-    targets |= {str(m.get("Target", "")) for m in host.get("Mounts") or ()}
+    targets |= {str(m.get("Target", "")) for m in mounts}
     for mount in attrs.get("Mounts") or ():
         if mount.get("Type") == "volume" and mount.get("Destination") not in targets \
                 and mount.get("Name"):
@@ -407,6 +420,9 @@ async def deploy(container_name: str, image: str, *, url: str, timeout: float,
         pulled = await _ensure_image(api, image, pull=pull, timeout=timeout, progress=progress)
         old_image_id = str(attrs.get("Image") or "")
         old_image = await asyncio.to_thread(_image_config, api, old_image_id)
+        if not old_image:
+            progress(f"deploy: the image {name} was created from ({old_image_id}) is gone: its "
+                     "whole environment, labels and settings are kept as they are")
         body, networks = create_config(attrs, old_image, image, command)
         was = (attrs.get("Config") or {}).get("Image") or old_image_id
         progress(f"deploy: replacing {name} ({was}) by a container of {image}")
