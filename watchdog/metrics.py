@@ -83,6 +83,10 @@ class Metrics:
             "odoo_watchdog_migration_blocked_seconds",
             "How long the running migration has waited on a lock another session holds; 0 "
             "when it does not wait", ["site"], registry=r)
+        self.sessions_shared = Gauge(
+            "odoo_watchdog_sessions_shared",
+            "1 when the last sessions smoke check found a session of the live colour valid on "
+            "the candidate, 0 when not", ["site"], registry=r)
         # odoo_watchdog_http_requests_total{site,color,code},
         # odoo_watchdog_http_request_duration_seconds{site,color} (HTTP_BUCKETS) and the
         # access-log receiver's own counts: read from its plain counters at scrape time.
