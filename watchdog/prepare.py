@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -25,11 +26,19 @@ from typing import Any
 import structlog
 
 from watchdog.config import SiteConfig
-from watchdog.dbconfig import DatabaseConfig, load_servers, migrate_settings, render_command
+from watchdog.dbconfig import (
+    DatabaseConfig,
+    deploy_settings,
+    load_servers,
+    migrate_settings,
+    render_command,
+)
 from watchdog.metrics import Metrics
 from watchdog.rollout import Event, Rollout, RunStep, StepDone, StepOutcome
+from watchdog.schema import render
 from watchdog.steps import backup as backup_step
 from watchdog.steps import clone as clone_step
+from watchdog.steps import deploy as deploy_step
 from watchdog.steps import filestore as fs_step
 from watchdog.steps import gate as gate_step
 from watchdog.steps import migrate as migrate_step
@@ -114,10 +123,22 @@ class Preparer:
     async def clean_up(self, site: str, config: SiteConfig) -> list[str]:
         """What a crash may have left: temporary databases of a clone or restore, a
         migration container, half-written backups. Run at start, before any step."""
+        dropped: list[str] = []
+        deploy = deploy_settings(config.prepare)
+        for color in ("blue", "green") if deploy is not None and deploy.image else ():
+            container = config.colors[color].container
+            if container is None:
+                continue
+            try:
+                dropped += [f"{container}: {line}" for line in
+                            await deploy_step.cleanup_deploy_leftovers(container)]
+            except StepFailed as exc:
+                self._record(site, "cleanup", str(exc))
         db = self.databases.get(site)
         if db is None:
-            return []
-        dropped: list[str] = []
+            for name in dropped:
+                self._record(site, "cleanup", f"cleaned up after an interruption: {name}")
+            return dropped
         for color in ("blue", "green"):
             container = config.colors[color].container
             if container is not None and migrate_settings(config.prepare).container:
@@ -231,9 +252,11 @@ class Preparer:
     async def _step(self, site: str, config: SiteConfig, rollout: Rollout,
                     step: str) -> tuple[str, bool]:
         """Run one step; (detail, migrated). StepFailed says why it did not pass."""
-        db = self.require(site)
         cand = rollout.candidate
         progress = self._progress(site, step)
+        if step == "deploy":  # the only step that needs no database settings
+            return await self._deploy(site, config, rollout, progress), False
+        db = self.require(site)
         if step == "gate":
             result = await gate_step.gate(db.server(cand), db.name(cand),
                                           version=rollout.version)
@@ -261,6 +284,34 @@ class Preparer:
             return (f"{db.name(live)} -> {db.name(cand)} by {done.method} ({done.why}) in "
                     f"{done.seconds:.1f}s{files}{ended}"), False
         raise StepFailed(f"step {step} is not known to this daemon")
+
+    async def _deploy(self, site: str, config: SiteConfig, rollout: Rollout,
+                      progress: Callable[[str], None]) -> str:
+        settings = deploy_settings(config.prepare)
+        assert settings is not None  # the machine runs deploy only when it is a step
+        cand = rollout.candidate
+        color = config.colors[cand]
+        db = self.databases.get(site)
+        variables = {"site": site, "color": cand, "version": rollout.version,
+                     "database": db.name(cand) if db is not None else "", "url": color.url}
+        argv = render_command(settings.command, variables) if settings.command else None
+        if settings.image is not None:
+            if not rollout.version and re.search(r"\{\{\s*version\s*\}\}", settings.image):
+                raise StepFailed("deploy: the image needs {{ version }}, and the rollout has "
+                                 "none: start it with --version (e.g. deploy SITE --to green "
+                                 "--version 17.0)")
+            image = render(settings.image, variables)
+            assert color.container is not None  # the config requires it
+            done = await deploy_step.deploy(color.container, image, url=color.url,
+                                            timeout=settings.timeout, pull=settings.pull,
+                                            command=argv, progress=progress)
+            pulled = ", pulled" if done.pulled else ""
+            return (f"{color.container} recreated from {image}{pulled}: {done.health} in "
+                    f"{done.seconds:.1f}s")
+        assert argv is not None
+        done = await deploy_step.deploy_command(argv, url=color.url, timeout=settings.timeout,
+                                                progress=progress)
+        return f"{Path(argv[0]).name} ... exited 0, {done.health} in {done.seconds:.1f}s"
 
     async def _backup(self, site: str, db: SiteDatabase, color: str,
                       progress: Callable[[str], None],
