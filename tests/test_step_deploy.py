@@ -103,13 +103,13 @@ class Old:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, restart: str = "unless-stopped") -> Old:
+    def start(self, restart: str = "unless-stopped", healthcheck: bool = True) -> Old:
         box = self.cli.containers.run(
             image("16.0"), name=self.name, detach=True, network_mode="host",
             environment={"ODOO_PORT": str(self.port), "WD_SITE_MARK": "kept"},
             labels={"com.example.site": "odoo", "com.example.color": "green"},
             volumes={str(self.addons): {"bind": "/mnt/extra-addons", "mode": "ro"}},
-            restart_policy={"Name": restart}, healthcheck=HEALTHCHECK)
+            restart_policy={"Name": restart}, healthcheck=HEALTHCHECK if healthcheck else None)
         self.id = box.id
         wait_health(self.port, "16.0")
         return self
@@ -132,12 +132,12 @@ class Old:
 def old(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., Old]]:
     made: list[str] = []
 
-    def make(restart: str = "unless-stopped") -> Old:
+    def make(restart: str = "unless-stopped", healthcheck: bool = True) -> Old:
         name = f"wdtest-deploy-{uuid.uuid4().hex[:8]}"
         made.append(name)
         addons = tmp_path / "addons"
         addons.mkdir(exist_ok=True)
-        return Old(docker_client, name, free_port(), addons).start(restart)
+        return Old(docker_client, name, free_port(), addons).start(restart, healthcheck)
 
     try:
         yield make
@@ -401,9 +401,11 @@ async def test_deploy_keeps_the_networks_aliases_and_address(
         assert "odoo-green-extra" in nets[net2]["Aliases"]
         assert created["Id"][:12] not in nets[net1]["Aliases"] + nets[net2]["Aliases"]
         # another container of the network finds the new one by its alias
-        out = docker_client.containers.run(
+        box = docker_client.containers.run(
             image("16.0"), ["wget", "-q", "-O", "-", "http://odoo-green:8069/web/health"],
-            entrypoint=[], name=probe, network=net1)
+            entrypoint=[], name=probe, network=net1, detach=True)
+        assert box.wait(timeout=20)["StatusCode"] == 0
+        out = box.logs(stdout=True, stderr=True)
         assert json.loads(out) == {"status": "pass", "lab_version": "17.0"}
     finally:
         _remove(docker_client, probe)
@@ -441,3 +443,24 @@ async def test_deploy_keeps_an_anonymous_volume_given_with_mount(
     assert _volume(after, "/mnt/extra") == before
     out = docker_client.containers.get(box.name).exec_run(["cat", "/mnt/extra/f"]).output
     assert out == b"kept\n"
+
+
+async def test_the_steps_command_replaces_the_images_and_the_entrypoint_stays(
+        docker_client: Any, old: Callable[..., Old]) -> None:
+    box = old(healthcheck=False)  # its healthcheck would probe $ODOO_PORT
+    port = free_port()
+    await deploy(box.name, image("17.0"), url=f"http://127.0.0.1:{port}", timeout=30, grace=1,
+                 command=["odoo", f"--http-port={port}"])
+    config = box.attrs()["Config"]
+    assert config["Entrypoint"] == ["/entrypoint.sh"]
+    assert config["Cmd"] == ["odoo", f"--http-port={port}"]
+    assert health(port) == {"status": "pass", "lab_version": "17.0"}
+    assert health(box.port) is None  # ODOO_PORT is still set, the argument wins
+
+
+async def test_no_dockerd_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed) as failed:
+        await deploy("odoo-green", image("17.0"), url="http://127.0.0.1:9", timeout=5,
+                     base_url=f"unix://{tmp_path}/no-docker.sock")
+    assert str(failed.value).startswith("deploy: no dockerd answers (")
+    assert "{command: [...]}" in str(failed.value)

@@ -573,7 +573,7 @@ async def _roll_back(api: Any, name: str, image: str, failed: _Failed, *, url: s
     raise StepFailed(f"deploy of {name} to {image} failed: {failed.reason}. The new container "
                      f"was removed and the previous one is back under {name} and running ("
                      f"{back}); the rollout stops here. Its last log lines are in the output.",
-                     output=tail, data=data)
+                     output=tail, data=data) from None
 
 
 async def _restored_health(url: str, wait: float = RESTORE_WAIT) -> tuple[bool, str]:
