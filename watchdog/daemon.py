@@ -41,6 +41,7 @@ from watchdog.rulemanager import RuleManager, restart_needed
 from watchdog.secrets import SecretError
 from watchdog.site import SiteRuntime
 from watchdog.siterouter import SiteRouter
+from watchdog.smoke import SmokeCredentials
 from watchdog.sources import Target, create_all
 from watchdog.store import Store
 
@@ -70,6 +71,7 @@ class Daemon:
                                  self.notifier.post, clock)
         self.sites: dict[str, SiteRuntime] = {}
         self.preparer = Preparer(self.metrics, self.store, self.step_done, clock)
+        self.smoke_credentials = SmokeCredentials()  # smoke_settings.credentials_file, per site
         self.scheduler: AsyncIOScheduler | None = None
         self.started = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,8 +88,9 @@ class Daemon:
                 raise StartError(f"access_log: cannot listen on {self.access_log.host}:"
                                  f"{self.access_log.port} (UDP): {exc.strerror or exc}") from None
         for name, config in self.loaded.config.sites.items():
-            try:  # the database's dsn_file: read once, never logged
+            try:  # the database's dsn_file and the smoke user's credentials, never logged
                 self.preparer.configure(name, config, self.loaded.path.parent)
+                self.smoke_credentials.configure(name, config, self.loaded.path.parent)
             except SecretError as exc:
                 raise StartError(str(exc)) from None
         for name, config in self.loaded.config.sites.items():
@@ -166,8 +169,11 @@ class Daemon:
         target = Target.of(name, runtime.config, state.target)
         measured = await self.rules.measure(name, target, state.phase.value)
         # The proxy's checks as of the last read-back (at most one interval old).
-        checked = (await preflight.run(runtime.config, state.rollout, runtime.router.health)
+        checked = (await preflight.run(runtime.config, state.rollout, runtime.router.health,
+                                       self.smoke_credentials.get(name))
                    if state.phase is Phase.PREFLIGHT and state.rollout else None)
+        if checked is not None and checked.sessions_shared is not None:
+            self.metrics.sessions_shared.labels(name).set(1 if checked.sessions_shared else 0)
         previous_healthy = await preflight.previous_healthy(runtime.config, state, self.clock())
         await self._remember(name)
         async with runtime.lock:
@@ -338,6 +344,7 @@ class Daemon:
                                                       seconds=config.rollout.interval)
                     if config.database != runtime.config.database:
                         self._reconfigure_database(runtime.name, config, new)
+                    self._reconfigure_smoke(runtime.name, config, new)
                     runtime.config = config
         self.rules.update(new, self.sites)  # no await inside: atomic for the ticks
         return restart_needed(self.loaded.config, new.config)
@@ -350,6 +357,15 @@ class Daemon:
         except SecretError as exc:
             log.error("database_config_kept", site=name, error=str(exc))
             self.notifier.post(name, "reload_failed", f"database settings not changed: {exc}")
+
+    def _reconfigure_smoke(self, name: str, config: Any, new: LoadedConfig) -> None:
+        """Re-read the smoke credentials (the file may change without the config); one that
+        cannot be read keeps the previous ones (and says so, never with its content)."""
+        try:
+            self.smoke_credentials.configure(name, config, new.path.parent)
+        except SecretError as exc:
+            log.error("smoke_credentials_kept", site=name, error=str(exc))
+            self.notifier.post(name, "reload_failed", f"smoke credentials not changed: {exc}")
 
     def _reload_failed(self, problems: list[str]) -> None:
         for name in self.sites:
