@@ -464,3 +464,17 @@ async def test_no_dockerd_fails_clearly(tmp_path: Path) -> None:
                      base_url=f"unix://{tmp_path}/no-docker.sock")
     assert str(failed.value).startswith("deploy: no dockerd answers (")
     assert "{command: [...]}" in str(failed.value)
+
+
+async def test_a_container_docker_cannot_start_puts_the_previous_one_back(
+        old: Callable[..., Old]) -> None:
+    from watchdog.lab.docker import IMAGE
+
+    box = old()
+    with pytest.raises(StepFailed) as failed:
+        await deploy(box.name, IMAGE, url=box.url, timeout=30, grace=1,
+                     command=["/no/such/program"])
+    assert f"docker could not start {box.name}" in str(failed.value)
+    assert "previous one is back" in str(failed.value)
+    assert failed.value.data["phase"] == "start"
+    box.assert_back()
