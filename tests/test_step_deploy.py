@@ -458,6 +458,24 @@ async def test_the_steps_command_replaces_the_images_and_the_entrypoint_stays(
     assert health(box.port) is None  # ODOO_PORT is still set, the argument wins
 
 
+async def test_a_command_set_for_the_container_is_kept_on_the_new_image(
+        docker_client: Any) -> None:
+    """As compose's `command: [--logfile=..., --proxy-mode]`: set for the container, not by
+    its image, so it follows the container onto the new tag like its env."""
+    name, port = f"wdtest-deploy-cmd-{uuid.uuid4().hex[:8]}", free_port()
+    argv = ["odoo", f"--http-port={port}", "--proxy-mode"]
+    try:
+        docker_client.containers.run(image("16.0"), argv, name=name, detach=True,
+                                     network_mode="host")
+        wait_health(port, "16.0")
+        await deploy(name, image("17.0"), url=f"http://127.0.0.1:{port}", timeout=30, grace=1)
+        assert docker_client.api.inspect_container(name)["Config"]["Cmd"] == argv
+        wait_health(port, "17.0")
+    finally:
+        _remove(docker_client, name + ASIDE)
+        _remove(docker_client, name)
+
+
 async def test_no_dockerd_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(StepFailed) as failed:
         await deploy("odoo-green", image("17.0"), url="http://127.0.0.1:9", timeout=5,

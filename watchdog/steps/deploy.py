@@ -13,8 +13,11 @@ through the docker SDK, under its own name:
    a `USER`, a `WORKDIR` or a `HEALTHCHECK` that came from the old image is the new image's
    now (the old image's `ODOO_VERSION=16.0` must not follow the container onto 17.0). The new
    image's entrypoint and command are used, unless the step gives `command:` (it replaces the
-   command; the entrypoint stays, as for `migrate`). A container run with `--rm` is refused:
-   stopping it would delete it, and it could not be put back.
+   command; the entrypoint stays, as for `migrate`), or the old container had a command or an
+   entrypoint of its own (one that differs from the old image's, as compose's `command:
+   [--proxy-mode, ...]`): those are kept like its env, since Odoo behind a proxy needs them.
+   A container run with `--rm` is refused: stopping it would delete it, and it could not be
+   put back.
 3. The image is pulled when it is not on the host and `pull` is true (within `timeout`), and
    the step fails, saying so, when it is missing and cannot be pulled.
 4. The old container is renamed `<name>-wdprev`, then stopped (SIGTERM, SIGKILL after `grace`):
@@ -234,6 +237,12 @@ def create_config(attrs: Mapping[str, Any], old_image: Mapping[str, Any], image:
         body["ExposedPorts"] = exposed
     if command is not None:
         body["Cmd"] = list(command)
+    elif config.get("Cmd") and config.get("Cmd") != old_image.get("Cmd"):
+        # Set for the container, like its env: compose's `command: [--proxy-mode, ...]`
+        # must not be lost when the image changes (Odoo behind a proxy needs --proxy-mode).
+        body["Cmd"] = list(config["Cmd"])
+    if config.get("Entrypoint") and config.get("Entrypoint") != old_image.get("Entrypoint"):
+        body["Entrypoint"] = list(config["Entrypoint"])
 
     # Volumes that are in no bind nor mount of the HostConfig (the image's VOLUMEs and `-v
     # /path`): the same volumes again, as compose does, so that /var/lib/odoo is kept.
