@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog import notify, preflight, reload, rollout, routers, site, views
+from watchdog import crashpoints, notify, preflight, reload, rollout, routers, site, views
 from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
 from watchdog.config import LoadedConfig
@@ -58,6 +58,7 @@ class StartError(RuntimeError):
 
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
+        crashpoints.announce()  # ODOO_WATCHDOG_CRASH_AT, for tests only: a WARNING
         self.clock = clock
         self.metrics = Metrics()
         # Relative to the config's folder (`/` keeps an absolute state_dir as it is).
@@ -240,6 +241,7 @@ class Daemon:
         """Store first, then act: a crash between the two resumes from the stored split."""
         if decision.changed:
             await asyncio.to_thread(self.store.save, decision.state, decision.events)
+            crashpoints.hit("after_save")
         runtime.state = decision.state
         for event in decision.events:
             log.info(event.kind, site=runtime.name, message=event.message,
@@ -250,6 +252,7 @@ class Daemon:
         site.export(self.metrics, runtime.name, runtime.state)
         for action in decision.actions:
             if isinstance(action, ApplyWeights):
+                crashpoints.hit("after_commit")
                 await runtime.router.apply(runtime.state, action.weights, action.drain)
             elif isinstance(action, Notify):
                 self.notifier.post(runtime.name, action.kind, action.message,

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from watchdog import crashpoints
 from watchdog.config import SiteConfig
 from watchdog.dbconfig import (
     DatabaseConfig,
@@ -260,6 +261,7 @@ class Preparer:
         if step == "gate":
             result = await gate_step.gate(db.server(cand), db.name(cand),
                                           version=rollout.version)
+            crashpoints.hit("in_step:gate")
             if not result.ok:
                 raise StepFailed("the database does not match the code: "
                                  + "; ".join(result.problems))
@@ -441,6 +443,7 @@ class Preparer:
         def line(text: str) -> None:
             self._record(site, "progress", f"{step}: {text}" if not text.startswith(step)
                          else text)
+            crashpoints.hit(f"in_step:{step}")
         return line
 
     def _record(self, site: str, kind: str, message: str, actor: str = "daemon") -> None:

@@ -19,6 +19,7 @@ import time
 
 import structlog
 
+from watchdog import crashpoints
 from watchdog.metrics import Metrics
 from watchdog.rollout import Event, RuleView, SiteState, Weights
 from watchdog.routers import Router, RouterError, ServerHealth, format_weights
@@ -117,6 +118,7 @@ class SiteRouter:
             await self._record(state, "router_error",
                                f"setting {format_weights(weights)} failed: {exc}")
             return False
+        crashpoints.hit("after_router")
         self._count("ok", started)
         self.error = None
         self.actual = dict(weights)
