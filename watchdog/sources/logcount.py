@@ -2,6 +2,22 @@
 
 Both transports (files, docker) hand their new bytes here; only matching lines are seen by
 Python code, and a window is a ring of per-second counts, never a list of lines.
+
+Lines as Odoo writes them
+    Odoo's format is `%(asctime)s %(pid)s %(levelname)s %(dbname)s %(name)s: %(message)s`
+    (16+ add ` %(perf_info)s`, empty but for werkzeug's lines: a trailing space), odoo/netsvc.py
+    `init_logger`. On a TTY (or with ODOO_PY_COLORS set, also into `--logfile`) its
+    `ColoredFormatter` wraps the level name in `COLOR_PATTERN % (30 + fg, 40 + bg, levelname)`,
+    `COLOR_PATTERN = "\033[1;%dm\033[1;%dm%s\033[0m"` with LEVEL_COLOR_MAPPING's (fg, bg):
+    `\x1b[1;31m\x1b[1;49mERROR\x1b[0m`, `\x1b[1;37m\x1b[1;41mCRITICAL\x1b[0m`,
+    `\x1b[1;33m\x1b[1;49mWARNING\x1b[0m`, `\x1b[1;32m\x1b[1;49mINFO\x1b[0m`; werkzeug and the
+    perf filter colour parts of the message the same way, and a TTY ends each line with `\r\n`.
+    `clean` takes the escape sequences (CSI) and those carriage returns out before anything is
+    matched, so patterns, record checks and records see the plain line.
+    A record with a traceback is its first line followed by `Traceback (most recent call
+    last):` and the rest (logging.Formatter.format appends `exc_text` after a newline): lines
+    without an Odoo header. `Records` makes a record count once, whichever of its lines match,
+    and never a continuation line on its own.
 """
 
 from __future__ import annotations
@@ -16,8 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SKEW", "TS_LEN", "EpochCache", "ReadResult", "RecordChecks", "SecondRing", "decode",
-           "docker_clock", "docker_hits", "docker_lines", "plain_hits", "plain_lines", "utc_second"]
+__all__ = ["SKEW", "TS_LEN", "EpochCache", "ReadResult", "RecordChecks", "Records", "SecondRing",
+           "clean", "decode", "docker_clock", "docker_hits", "docker_lines", "plain_hits",
+           "plain_lines", "utc_second"]
 
 # Docker's `timestamps=True` prefix: RFC3339NanoFixed in UTC, always 30 characters and a space.
 TS_LEN = 30
@@ -59,35 +76,60 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+# ANSI escape sequences (CSI: ESC [ parameters intermediates final), and the carriage return a
+# TTY puts before each newline.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\r+(?=\n|\Z)")
+
+
+def clean(text: str) -> str:
+    """`text` without ANSI escape sequences and without the `\r` before each newline (a
+    TTY's `\r\n`): what Odoo's ColoredFormatter writes, made plain. Plain text is returned
+    as it is, at the cost of two scans for bytes it does not hold."""
+    if "\x1b" not in text and "\r" not in text:
+        return text
+    return _ANSI.sub("", text)
+
+
 def plain_lines(search: Callable[[str], Any], text: str) -> tuple[int, list[str]]:
-    """(lines read, matching lines) of complete lines `text` (no final newline)."""
-    lines = text.split("\n")
+    """(lines read, matching lines) of complete lines `text` (no final newline), each line
+    on its own (no records)."""
+    lines = clean(text).split("\n")
     return len(lines), list(filter(search, lines))
 
 
 def plain_hits(
-    search: Callable[[str], Any], text: str, checks: RecordChecks | None
+    search: Callable[[str], Any], text: str, checks: RecordChecks | None,
+    records: Records | None = None,
 ) -> tuple[list[str], list[int]]:
-    """(lines, indices of the matching lines that count) of complete lines `text`."""
+    """(lines, indices of the lines that count) of complete lines `text`, made plain
+    (`clean`). With `records`, a record counts once (the index of its first line, or of the
+    first matching line of a record begun in an earlier read)."""
+    text = clean(text)
     lines = text.split("\n")
     hits = list(itertools.compress(range(len(lines)), map(search, lines)))
     if checks is not None:
-        hits = checks.select(text, lines, hits)
+        hits = checks.select(text, lines, hits, records=records)
+    elif records is not None:
+        hits = records.pick(lines, hits, set())
     return lines, hits
 
 
 def docker_hits(
-    search: Callable[[str], Any], text: str, checks: RecordChecks | None
+    search: Callable[[str], Any], text: str, checks: RecordChecks | None,
+    records: Records | None = None,
 ) -> tuple[list[str], list[int]]:
     """Like plain_hits for docker's `timestamp line` output (final newline allowed): the
-    pattern and the checks see each line without its timestamp."""
+    pattern, the checks and the records see each line without its timestamp."""
+    text = clean(text)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     contents = list(map(_content, lines))
     hits = list(itertools.compress(range(len(lines)), map(search, contents)))
     if checks is not None:
-        hits = checks.select(text, contents, hits, docker_clock(lines))
+        hits = checks.select(text, contents, hits, docker_clock(lines), records=records)
+    elif records is not None:
+        hits = records.pick(contents, hits, set())
     return lines, hits
 
 
@@ -105,7 +147,7 @@ def docker_clock(lines: Sequence[str]) -> Callable[[int], float]:
 def docker_lines(search: Callable[[str], Any], text: str) -> tuple[int, list[str]]:
     """Like plain_lines for docker's `timestamp line` output (final newline allowed); the
     pattern sees each line without its timestamp, the matches keep theirs."""
-    lines = text.split("\n")
+    lines = clean(text).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     hits = itertools.compress(lines, map(search, map(_content, lines)))
@@ -149,6 +191,78 @@ class ReadResult:
     read: int = 0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: a line with an Odoo header and the lines after it that have none (its traceback)
+# ---------------------------------------------------------------------------------------------
+
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ [A-Z]+ ")
+
+NO_RECORD, OPEN, DONE = 0, 1, 2
+
+
+class Records:
+    """Which record each matching line belongs to, so that a record counts once.
+
+    A record starts at a line with an Odoo header (`YYYY-MM-DD HH:MM:SS,mmm PID LEVEL `, the
+    line made plain) and goes on over the lines without one: the traceback Odoo logs after the
+    record's message, or a message with newlines. A record counts once, as its first line,
+    when its first line or any line of it matches; a line without a header never counts on
+    its own. One `Records` per cursor: a record may go on in the next read (`state`: no
+    record seen yet, the last record not decided yet, or decided: counted or left out). Lines
+    without a header before the first record a cursor reads belong to a record begun before
+    what it read (outside the window, or before the file's first bytes read) and count
+    nothing.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = NO_RECORD
+
+    def pick(self, lines: Sequence[str], hits: Sequence[int], inside: set[int]) -> list[int]:
+        """From `hits` (matching lines of `lines`, in order), one index per record: its first
+        line, or for the record open at the last read (its first line read then) the first
+        matching line. A matching line in `inside` (a failed-login record's text, see
+        RecordChecks) is left out before, so it never makes the login's record count."""
+        start = _RECORD_START.match
+        out: list[int] = []
+        last_rep = -2  # the record (index of its first line, -1: open at the last read) taken
+        scanned = -1  # lines[scanned + 1 : i] were seen to have no header, for record `owner`
+        owner = -1
+        open_state = self.state
+        for i in hits:
+            if i in inside:
+                continue
+            if start(lines[i]):
+                rec = i
+            else:
+                k = i - 1
+                low = max(scanned, -1)
+                while k > low and not start(lines[k]):
+                    k -= 1
+                rec = k if k > low else owner
+                scanned, owner = i, rec
+            if rec == last_rep:
+                continue
+            if rec < 0:
+                if open_state != OPEN:
+                    continue
+                open_state = DONE
+                out.append(i)
+            else:
+                out.append(rec)
+            last_rep = rec
+        # The record still open after these lines: the last one that starts here, if any.
+        k = len(lines) - 1
+        while k >= 0 and not start(lines[k]):
+            k -= 1
+        if k >= 0:
+            self.state = DONE if last_rep == k else OPEN
+        else:
+            self.state = open_state
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,11 +334,16 @@ class RecordChecks:
 
     def select(
         self, text: str, lines: Sequence[str], hits: Sequence[int],
-        docker_time: Callable[[int], float] | None = None,
+        docker_time: Callable[[int], float] | None = None, records: Records | None = None,
     ) -> list[int]:
         """The indices among `hits` (matching lines of `lines`, the lines of `text`) that
-        count. `docker_time(i)`: docker's stamp of line i in epoch seconds (containers)."""
+        count. `docker_time(i)`: docker's stamp of line i in epoch seconds (containers).
+        With `records`, the hits are first taken one per record (`Records.pick`), and the
+        checks judge each record by its first line."""
         inside = self._spans(text, lines)
+        if records is not None:
+            self.dropped["login"] += sum(1 for i in hits if i in inside)
+            hits = records.pick(lines, hits, inside)
         known = set(self.pids)
         learned = self._learn(text, lines, inside, docker_time)  # (index, pid), in order
         step = 0

@@ -42,7 +42,9 @@ from watchdog.sources.logcount import (
     TS_LEN,
     ReadResult,
     RecordChecks,
+    Records,
     SecondRing,
+    clean,
     decode,
     docker_clock,
     docker_hits,
@@ -72,6 +74,7 @@ class DockerCursor:
     rate: float = 0.0  # lines per second in the previous read: the next tail's guess
     checks: RecordChecks | None = field(default_factory=RecordChecks)  # None: every line
     started_at: str | None = None  # State.StartedAt whose start-up lines were read
+    records: Records = field(default_factory=Records)  # a record (and its traceback) once
 
     def reset(self, container_id: str) -> None:
         self.container_id = container_id
@@ -81,6 +84,7 @@ class DockerCursor:
         self.rate = 0.0
         self.ring.clear()
         self.started_at = None
+        self.records = Records()
         if self.checks is not None:
             self.checks = RecordChecks()
 
@@ -217,7 +221,7 @@ class DockerReader:
             if cursor.last_ts is None:
                 cursor.floor_us = max(since_us, read_us - REREAD_US)
             return
-        lines, counted = docker_hits(search, decode(new), cursor.checks)
+        lines, counted = docker_hits(search, decode(new), cursor.checks, cursor.records)
         result.read += len(lines)
         floor_now = math.floor(now)
         ring = cursor.ring
@@ -242,7 +246,7 @@ class DockerReader:
             return
         data: bytes = api.logs(cid, stdout=True, stderr=True, timestamps=True,
                                since=second, until=second + STARTUP_WINDOW)
-        text = decode(data)
+        text = clean(decode(data))
         lines = text.split("\n")
         checks.learn(text, [line[TS_LEN + 1:] for line in lines], docker_clock(lines))
 

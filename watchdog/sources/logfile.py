@@ -10,7 +10,7 @@ Files: rotation, truncation, first read
     Lines are placed by arrival time (the tick that read them, not a timestamp in the text:
     Odoo writes local time without a zone, and a daemon in another zone would silently count
     nothing). On the first tick only, the last `BACKLOG_BYTES` of the file are read and their
-    matching lines placed by Odoo's `YYYY-MM-DD HH:MM:SS` prefix, read as local time, provided
+    matching records placed by Odoo's `YYYY-MM-DD HH:MM:SS` prefix, read as local time, provided
     the newest such stamp agrees with the file's mtime within two minutes; otherwise the
     backlog is left out (said in the detail). Counts are exact for every line written after the
     source first opened the file.
@@ -32,6 +32,7 @@ from watchdog.sources.logcount import (
     EpochCache,
     ReadResult,
     RecordChecks,
+    Records,
     SecondRing,
     decode,
     plain_hits,
@@ -65,6 +66,7 @@ class FileCursor:
     rotated: list[_Open] = field(default_factory=list)
     started: bool = False  # False until the first tick has looked at the file
     checks: RecordChecks | None = field(default_factory=RecordChecks)  # None: every line
+    records: Records = field(default_factory=Records)  # a record (and its traceback) once
 
     def close(self) -> None:
         for f in [*self.rotated, *([self.current] if self.current else [])]:
@@ -99,14 +101,14 @@ class FileReader:
                 cursor.ring.add(second, hits)
 
         for old in list(cursor.rotated):
-            self._drain(old, search, arrived, result, deadline, cursor.checks)
+            self._drain(old, search, arrived, result, deadline, cursor)
             if now >= old.until:
                 with contextlib.suppress(OSError):
                     os.close(old.fd)
                 cursor.rotated.remove(old)
         current = cursor.current
         if current is not None:
-            self._drain(current, search, arrived, result, deadline, cursor.checks)
+            self._drain(current, search, arrived, result, deadline, cursor)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -139,7 +141,7 @@ class FileReader:
         if first_tick and st.st_size > 0:
             self._backlog(cursor, opened, st, search, window, result, now)
         # else a file that appeared since the first tick: all of it is new.
-        self._drain(opened, search, arrived, result, deadline, cursor.checks)
+        self._drain(opened, search, arrived, result, deadline, cursor)
         return result
 
     def _backlog(
@@ -160,7 +162,7 @@ class FileReader:
         if not data:
             return
         text = decode(data[:-1])
-        all_lines, found = plain_hits(search, text, cursor.checks)
+        all_lines, found = plain_hits(search, text, cursor.checks, cursor.records)
         hits = [all_lines[i] for i in found]
         result.read += len(all_lines)
         local = EpochCache(local=True)
@@ -186,7 +188,7 @@ class FileReader:
 
     def _drain(
         self, f: _Open, search: Callable[[str], Any], arrived: Callable[[int, int], None],
-        result: ReadResult, deadline: float, checks: RecordChecks | None,
+        result: ReadResult, deadline: float, cursor: FileCursor,
     ) -> None:
         """Read `f` from its offset to its end; rewritten from the start when truncated."""
         st = os.fstat(f.fd)
@@ -199,7 +201,7 @@ class FileReader:
         if len(f.head) < 128:
             f.head = os.pread(f.fd, 128, 0)
         def scan(data: bytes) -> None:
-            lines, hits = plain_hits(search, decode(data), checks)
+            lines, hits = plain_hits(search, decode(data), cursor.checks, cursor.records)
             arrived(len(lines), len(hits))
 
         while True:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from watchdog.sources.logcount import clean
+
 __all__ = ["ERR", "KEEP", "MAX_BYTES", "MAX_RECORDS", "SEVERITIES", "SyslogError", "SyslogReceiver",
            "parse"]
 
@@ -53,7 +55,10 @@ def parse(data: bytes) -> tuple[int, str] | None:
     """(severity, text) of one datagram, or None when it starts with no `<PRI>` (0 to 191).
 
     The text is the rest of the datagram, decoded as UTF-8 (bad bytes replaced), without the
-    NUL SysLogHandler ends it with: `Odoo Server 17.0:db:ERROR:odoo.http:...`, newlines kept.
+    NUL SysLogHandler ends it with: `Odoo Server 17.0:db:ERROR:odoo.http:...`, newlines kept,
+    ANSI escape sequences taken out (`logcount.clean`). Odoo's SysLogHandler is not a
+    StreamHandler, so Odoo never colours its level there; werkzeug may colour its request
+    lines, and a pattern sees them plain as on the other transports.
     """
     match = _PRI.match(data)
     if match is None:
@@ -64,7 +69,7 @@ def parse(data: bytes) -> tuple[int, str] | None:
     body = data[match.end():]
     if body.endswith(b"\0"):
         body = body[:-1]
-    return pri & 7, body.decode("utf-8", "replace")
+    return pri & 7, clean(body.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True, slots=True)
