@@ -17,6 +17,7 @@ from typing import Any
 
 from watchdog.cli_ops import client_from
 from watchdog.client import ApiError, Client
+from watchdog.steps.backup import size as _size
 
 POLL = 0.5  # seconds between two reads of the site's events while waiting
 
@@ -85,14 +86,6 @@ def render_backups(site: str, found: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows)
 
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def _follow(client: Client, site: str, timeout: float,

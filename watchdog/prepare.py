@@ -270,7 +270,7 @@ class Preparer:
             return await self._migrate(site, config, rollout, db, progress)
         if step == "backup":
             info = await self._backup(site, db, rollout.live, progress)
-            return (f"{info.id}: {info.database}, {_size(info.bytes)}, verified "
+            return (f"{info.id}: {info.database}, {backup_step.size(info.bytes)}, verified "
                     f"({info.manifest.get('filestore_files', 0)} filestore files)"), False
         if step == "clone":
             live = rollout.live
@@ -354,9 +354,9 @@ class Preparer:
             else:
                 self.metrics.prepare_step_seconds.labels(site, "backup", "passed").observe(
                     self.clock() - started)
+                took = self.clock() - started
                 self._record(site, "backup_done", f"backup {info.id} of {info.database}: "
-                             f"{_size(info.bytes)}, verified, in {self.clock() - started:.1f}s",
-                             actor)
+                             f"{backup_step.size(info.bytes)}, verified, in {took:.1f}s", actor)
             finally:
                 self._jobs.pop(site, None)
 
@@ -461,12 +461,3 @@ def _remove_tree(path: Path) -> bool:
     shutil.rmtree(path, ignore_errors=True)
     return True
 
-
-def _size(n: int) -> str:
-    """412.3 MB: bytes for a person."""
-    size = float(n)
-    for unit in ("B", "kB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"

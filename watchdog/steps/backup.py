@@ -47,6 +47,7 @@ from psycopg.conninfo import make_conninfo
 
 from watchdog.steps import command
 from watchdog.steps import filestore as filestores
+from watchdog.steps import pg as pgdb
 from watchdog.steps.base import Progress, StepFailed, quiet
 from watchdog.steps.pg import Server, program
 
@@ -431,7 +432,7 @@ async def restore(server: Server, info: BackupInfo, database: str, filestore: Pa
         if sessions and not force:
             raise _busy(server, database, sessions)
         owner = await _owner(conn, database)
-        await _drop(conn, tmp)
+        await pgdb.drop(conn, tmp)
         await _create(conn, tmp, info.manifest, owner)
         try:
             progress(f"restore: pg_restore of {info.id} into {tmp}")
@@ -531,16 +532,10 @@ async def _owner(conn: psycopg.AsyncConnection[Any], database: str) -> str | Non
 async def _exists(server: Server, database: str) -> bool:
     conn = await _admin(server)
     try:
-        return bool(await _existing(conn, database))
+        return bool(await pgdb.existing(conn, database))
     finally:
         await conn.close()
 
-
-async def _existing(conn: psycopg.AsyncConnection[Any], *names: str) -> set[str]:
-    async with conn.cursor() as cur:
-        await cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
-                          (list(names),))
-        return {row[0] for row in await cur.fetchall()}
 
 
 async def _create(conn: psycopg.AsyncConnection[Any], name: str, manifest: dict[str, Any],
@@ -590,10 +585,6 @@ async def _pg_restore(server: Server, conn: psycopg.AsyncConnection[Any], info: 
                          exit_code=done.exit_code, output=done.tail)
 
 
-async def _rename(conn: psycopg.AsyncConnection[Any], src: str, dst: str) -> None:
-    await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-        sql.Identifier(src), sql.Identifier(dst)))
-
 
 async def _terminate(conn: psycopg.AsyncConnection[Any], sessions: list[Session]) -> None:
     for s in sessions:
@@ -604,9 +595,9 @@ async def _swap(server: Server, conn: psycopg.AsyncConnection[Any], database: st
                 force: bool, progress: Progress) -> int:
     """`<database>` aside to `_wdold`, `_wdrestore` in; the sessions ended ("force")."""
     tmp, old = _names(database)
-    await _drop(conn, old)
+    await pgdb.drop(conn, old)
     terminated = 0
-    if await _existing(conn, database):
+    if await pgdb.existing(conn, database):
         for attempt in range(5):
             sessions = await _sessions(conn, database)
             if sessions and not force:
@@ -618,17 +609,17 @@ async def _swap(server: Server, conn: psycopg.AsyncConnection[Any], database: st
                 terminated += len(sessions)
                 await asyncio.sleep(0.2)  # a terminated backend leaves within milliseconds
             try:
-                await _rename(conn, database, old)
+                await pgdb.rename(conn, database, old)
                 break
             except psycopg.errors.ObjectInUse:
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.5)
     try:
-        await _rename(conn, tmp, database)
+        await pgdb.rename(conn, tmp, database)
     except BaseException:
-        if await _existing(conn, old):
-            await _rename(conn, old, database)
+        if await pgdb.existing(conn, old):
+            await pgdb.rename(conn, old, database)
         raise
     return terminated
 
@@ -637,19 +628,15 @@ async def _unswap(conn: psycopg.AsyncConnection[Any], database: str) -> None:
     """Undo `_swap` (the filestore could not be swapped in): the restored database goes,
     the old one comes back under its name."""
     old = _names(database)[1]
-    await _drop(conn, database)
-    if await _existing(conn, old):
-        await _rename(conn, old, database)
+    await pgdb.drop(conn, database)
+    if await pgdb.existing(conn, old):
+        await pgdb.rename(conn, old, database)
 
-
-async def _drop(conn: psycopg.AsyncConnection[Any], name: str) -> None:
-    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-        sql.Identifier(name)))
 
 
 async def _drop_quietly(conn: psycopg.AsyncConnection[Any], name: str) -> None:
     with contextlib.suppress(psycopg.Error):
-        await _drop(conn, name)
+        await pgdb.drop(conn, name)
 
 
 def _remove_tree(path: Path) -> None:
@@ -662,21 +649,9 @@ async def cleanup_restore_leftovers(server: Server, database: str) -> list[str]:
     is renamed back when `<database>` is missing (the crash fell between the two renames),
     else dropped. Returns what was done, one line each."""
     tmp, old = _names(database)
-    done: list[str] = []
     conn = await _admin(server)
     try:
-        found = await _existing(conn, database, tmp, old)
-        if tmp in found:
-            await _drop(conn, tmp)
-            done.append(f"database {tmp}, left by an interrupted restore, dropped")
-        if old in found:
-            if database not in found:
-                await _rename(conn, old, database)
-                done.append(f"database {old} renamed back to {database} (a restore was "
-                            "interrupted between its renames)")
-            else:
-                await _drop(conn, old)
-                done.append(f"database {old}, left by an interrupted restore, dropped")
+        done = await pgdb.undo_swap(conn, database, tmp, old, "restore")
     finally:
         await conn.close()
     return done

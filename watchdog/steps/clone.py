@@ -58,6 +58,7 @@ from psycopg.conninfo import make_conninfo
 
 from watchdog.steps import command
 from watchdog.steps import filestore as filestores
+from watchdog.steps import pg as pgdb
 from watchdog.steps.backup import size
 from watchdog.steps.base import Progress, StepFailed, quiet
 from watchdog.steps.pg import Server, program
@@ -153,7 +154,7 @@ async def _clone(src: Server, src_conn: psycopg.AsyncConnection[Any], src_db: st
             raise StepFailed(f"the live database {src_db} does not exist on {src.label}: "
                              "nothing to clone; check database.names")
         owner = await _owner(dst_conn, dst_db, facts["owner"])
-        await _drop(dst_conn, tmp)
+        await pgdb.drop(dst_conn, tmp)
     except psycopg.Error as exc:
         raise StepFailed(f"clone of {src_db}: {_first_line(exc)}; nothing was changed") from None
     try:
@@ -248,9 +249,9 @@ async def _swap(conn: psycopg.AsyncConnection[Any], dst_db: str, progress: Progr
     """`dst_db` (the candidate's old database) aside to `_wdold`, its sessions ended first;
     `_wdclone` renamed to `dst_db`. Returns the sessions ended."""
     tmp, old = _names(dst_db)
-    await _drop(conn, old)
+    await pgdb.drop(conn, old)
     terminated = 0
-    if await _existing(conn, dst_db):
+    if await pgdb.existing(conn, dst_db):
         for attempt in range(10):
             sessions = await _sessions(conn, dst_db)
             if sessions:
@@ -261,17 +262,17 @@ async def _swap(conn: psycopg.AsyncConnection[Any], dst_db: str, progress: Progr
                 terminated += len(sessions)
                 await asyncio.sleep(0.2)  # a terminated backend leaves within milliseconds
             try:
-                await _rename(conn, dst_db, old)
+                await pgdb.rename(conn, dst_db, old)
                 break
             except psycopg.errors.ObjectInUse:
                 if attempt == 9:
                     raise
                 await asyncio.sleep(0.3)
     try:
-        await _rename(conn, tmp, dst_db)
+        await pgdb.rename(conn, tmp, dst_db)
     except BaseException:
-        if await asyncio.shield(_existing(conn, old)):
-            await asyncio.shield(_rename(conn, old, dst_db))
+        if await asyncio.shield(pgdb.existing(conn, old)):
+            await asyncio.shield(pgdb.rename(conn, old, dst_db))
         raise
     return terminated
 
@@ -279,7 +280,7 @@ async def _swap(conn: psycopg.AsyncConnection[Any], dst_db: str, progress: Progr
 async def _drop_old(conn: psycopg.AsyncConnection[Any], dst_db: str, progress: Progress) -> None:
     old = old_name(dst_db)
     try:
-        await _drop(conn, old)
+        await pgdb.drop(conn, old)
     except psycopg.Error as exc:  # the clone is made; the next start drops it
         progress(f"clone: could not drop {old} (dropped at the next start): "
                  f"{_first_line(exc)}")
@@ -448,35 +449,21 @@ async def _create(conn: psycopg.AsyncConnection[Any], name: str, template: str,
     await conn.execute(sql.SQL(" ").join(parts))
 
 
-async def _existing(conn: psycopg.AsyncConnection[Any], *names: str) -> set[str]:
-    async with conn.cursor() as cur:
-        await cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
-                          (list(names),))
-        return {row[0] for row in await cur.fetchall()}
 
-
-async def _rename(conn: psycopg.AsyncConnection[Any], src: str, dst: str) -> None:
-    await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-        sql.Identifier(src), sql.Identifier(dst)))
-
-
-async def _drop(conn: psycopg.AsyncConnection[Any], name: str) -> None:
-    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-        sql.Identifier(name)))
 
 
 async def _drop_anyway(server: Server, conn: psycopg.AsyncConnection[Any], name: str) -> None:
     """Drop `name` after a failure or a cancel: on `conn`, or on a new connection when that
     one was broken by the cancel."""
     try:
-        await _drop(conn, name)
+        await pgdb.drop(conn, name)
         return
     except psycopg.Error:
         pass
     with contextlib.suppress(psycopg.Error):
         fresh = await server.connect("postgres", application_name=APP)
         try:
-            await _drop(fresh, name)
+            await pgdb.drop(fresh, name)
         finally:
             await fresh.close()
 
@@ -489,21 +476,9 @@ async def cleanup_leftovers(server: Server, dst_db: str, dst_filestore: Path | N
     two renames), else dropped; the filestore's half-built or set-aside trees. Returns what
     was done, one line each."""
     tmp, old = _names(dst_db)
-    done: list[str] = []
     conn = await _admin(server)
     try:
-        found = await _existing(conn, dst_db, tmp, old)
-        if tmp in found:
-            await _drop(conn, tmp)
-            done.append(f"database {tmp}, left by an interrupted clone, dropped")
-        if old in found:
-            if dst_db not in found:
-                await _rename(conn, old, dst_db)
-                done.append(f"database {old} renamed back to {dst_db} (a clone was "
-                            "interrupted between its renames)")
-            else:
-                await _drop(conn, old)
-                done.append(f"database {old}, left by an interrupted clone, dropped")
+        done = await pgdb.undo_swap(conn, dst_db, tmp, old, "clone")
     finally:
         await conn.close()
     if dst_filestore is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import conninfo as _conninfo
+from psycopg import sql
 
 BIN = "/usr/lib/postgresql/15/bin"  # Debian's postgresql-15; else the PATH's programs
 
@@ -80,3 +81,45 @@ def program(name: str) -> str:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------- databases, by name
+
+async def existing(conn: psycopg.AsyncConnection[Any], *names: str) -> set[str]:
+    """Which of `names` are databases on the server of `conn`."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                          (list(names),))
+        return {row[0] for row in await cur.fetchall()}
+
+
+async def drop(conn: psycopg.AsyncConnection[Any], name: str) -> None:
+    """Drop a database of ours (a temporary or set-aside one), ending its sessions."""
+    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+        sql.Identifier(name)))
+
+
+async def rename(conn: psycopg.AsyncConnection[Any], src: str, dst: str) -> None:
+    await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(src), sql.Identifier(dst)))
+
+
+async def undo_swap(conn: psycopg.AsyncConnection[Any], database: str, tmp: str, old: str,
+                    job: str) -> list[str]:
+    """What a crash left of a build-beside-and-swap (clone, restore): `tmp` (the database
+    being built) is dropped; `old` (the one set aside) is renamed back when `database` is
+    missing (the crash fell between the two renames), else dropped. One line per act."""
+    done: list[str] = []
+    found = await existing(conn, database, tmp, old)
+    if tmp in found:
+        await drop(conn, tmp)
+        done.append(f"database {tmp}, left by an interrupted {job}, dropped")
+    if old in found:
+        if database not in found:
+            await rename(conn, old, database)
+            done.append(f"database {old} renamed back to {database} (a {job} was "
+                        "interrupted between its renames)")
+        else:
+            await drop(conn, old)
+            done.append(f"database {old}, left by an interrupted {job}, dropped")
+    return done
