@@ -2,19 +2,22 @@
 container (through the docker SDK) or from its `log_file`; or, for a colour with `syslog`, the
 records Odoo's `--syslog` sent to the daemon's socket at err or worse (`logsyslog.py`).
 
-The value is the number of matching lines in the window. Each (rule, colour) keeps a cursor, so
-every tick reads only what was written since the last one: no line is counted twice and none is
-skipped, however many lines arrive per tick. Memory is bounded whatever the volume: a window is a
-ring of per-second counts, never a list of lines.
+The value is the number of matching records in the window. Each (rule, colour) keeps a cursor,
+so every tick reads only what was written since the last one: no line is counted twice and none
+is skipped, however many lines arrive per tick. Memory is bounded whatever the volume: a window
+is a ring of per-second counts, never a list of lines.
 
 Counting
-    A line counts when `pattern` finds a match in it (`re.search`, Python syntax, the line
-    without its newline). The default pattern matches Odoo's level field
-    (`2026-11-26 10:00:00,123 4242 ERROR db odoo.http: ...`), so an INFO line whose message
-    says "ERROR" does not count, and a traceback counts once: its continuation lines carry no
-    level field. A line is placed in the second of its own docker timestamp (containers) or of
-    its arrival (files, see below); the value counts the seconds from `floor(now - window)` to
-    now, so the window is exact to the second.
+    Each line is first made plain (`logcount.clean`: the ANSI colours Odoo's ColoredFormatter
+    puts around the level on a TTY, any other escape sequence, a TTY's `\r`). A record (a line
+    with an Odoo header and the lines after it without one: its traceback) counts once when
+    `pattern` finds a match in any of its lines (`re.search`, Python syntax, the line without
+    its newline); a line without a header never counts on its own (`logcount.Records`). The
+    default pattern matches Odoo's level field (`2026-11-26 10:00:00,123 4242 ERROR db
+    odoo.http: ...`), so an INFO line whose message says "ERROR" does not count. A record is
+    placed in the second of its first line's docker timestamp (containers) or of its arrival
+    (files, see below); the value counts the seconds from `floor(now - window)` to now, so the
+    window is exact to the second.
 
 Forged records
     With `record_checks` (the default), a matching line counts only if it is a record Odoo
