@@ -24,6 +24,7 @@ from watchdog import payloads, rollout
 from watchdog.alerts import PayloadError
 from watchdog.daemon import Daemon, UnknownSite
 from watchdog.prepare import DatabaseBusy, HasTraffic, NoDatabase, UnknownBackup
+from watchdog.store import StoreError
 
 log = structlog.get_logger("odoo_watchdog.api")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
@@ -65,6 +66,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(400, str(exc))
     except UnknownBackup as exc:
         return error(404, f"no backup {exc.args[0]!r} of this site (odoo-watchdog db list)")
+    except StoreError as exc:  # a full disk is no bug: 503, naming the store and its error
+        done = "; no traffic was changed" if request.method == "POST" else ""
+        return error(503, f"{exc}{done}")
     except Exception:
         log.exception("api_error", path=request.path)
         return error(500, "internal error; see the daemon's log")
@@ -116,6 +120,9 @@ async def healthz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     if not daemon.healthy():
         return error(503, "scheduler not running")
+    store = daemon.store.view()
+    if not store["ok"]:  # still 200: a restart would not free a disk (docs/api.md)
+        return web.json_response({"status": "degraded", "store": store})
     return web.json_response({"status": "ok"})
 
 
@@ -127,7 +134,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_sites(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view()})
+    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view(),
+                              "store": daemon.store.view()})
 
 
 async def alertmanager(request: web.Request) -> web.Response:

@@ -278,7 +278,9 @@ def _status(daemon: Any) -> str:
         w = runtime.state.weights
         parts.append(f"{name}: {runtime.state.phase.value}, blue {w['blue']}% green "
                      f"{w['green']}%")
-    return "; ".join(parts) if len(parts) > 1 else (parts[0] if parts else "no sites")
+    text = "; ".join(parts) if len(parts) > 1 else (parts[0] if parts else "no sites")
+    problem = daemon.store_problem()  # first: what systemctl status must show
+    return f"{problem}; {text}" if problem else text
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -127,6 +127,14 @@ def render_site(site: dict[str, Any]) -> str:
         lines.append(f"  router reports {_weights(actual)} (being put back)")
     if site.get("router", {}).get("error"):
         lines.append(f"  router error: {site['router']['error']}")
+    store = site.get("store") or {}
+    if store and not store.get("ok", True):
+        since = (time.strftime(" since %H:%M:%S", time.localtime(store["since"]))
+                 if store.get("since") else "")
+        lines.append(f"  state store {store.get('path')} cannot write{since}: "
+                     f"{store.get('error')}")
+        lines.append(f"    no traffic change until it can; a changed split is still put back; "
+                     f"{store.get('pending', 0)} audit events wait in memory")
     if ro:
         version = f" {ro['version']}" if ro.get("version") else ""
         lines.append(f"  rollout {ro['id']}: {ro['from']} -> {ro['to']}{version}, "

@@ -43,7 +43,7 @@ from watchdog.site import SiteRuntime
 from watchdog.siterouter import SiteRouter
 from watchdog.smoke import SmokeCredentials
 from watchdog.sources import Target, create_all
-from watchdog.store import Store
+from watchdog.store import Store, StoreError
 
 log = structlog.get_logger("odoo_watchdog")
 
@@ -63,6 +63,15 @@ class Daemon:
         self.metrics = Metrics()
         # Relative to the config's folder (`/` keeps an absolute state_dir as it is).
         self.store = Store(loaded.path.parent / loaded.config.state_dir, clock)
+        self.store.on_error = lambda op: self.metrics.store_errors_total.labels(op).inc()
+        # A store that cannot write (docs/rollouts.md "Crash safety"): since when it was
+        # reported; per site, a decision to make again once it writes (a step that ended, a
+        # resume at start) and the rule and alert memory not yet stored; sites whose held
+        # decision was logged in this episode.
+        self._store_failing: float | None = None
+        self._deferred: dict[str, Callable[[rollout.SiteState], Decision]] = {}
+        self._unsaved_memory: dict[str, tuple[Any, Any]] = {}
+        self._held: set[str] = set()
         self.alerts = AlertBook()
         self.access_log = AccessLogReceiver.from_config(loaded.config, self.metrics)
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
@@ -113,7 +122,8 @@ class Daemon:
             await self.preparer.clean_up(name, config)
             if state.phase is Phase.PREPARING:  # the step that ran when the daemon stopped
                 async with runtime.lock:
-                    await self._commit(runtime, rollout.resume(state, Resume(), self.clock()))
+                    await self._commit_or_defer(
+                        runtime, lambda s: rollout.resume(s, Resume(), self.clock()))
             log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
                      weights=state.weights, rules_restored=restored[0],
                      alerts_restored=restored[1])
@@ -179,12 +189,20 @@ class Daemon:
         await self._remember(name)
         async with runtime.lock:
             actual = await runtime.router.read()
+            if not self.store.ok:  # the recorded split first: a locked store makes saves wait
+                await runtime.router.reconcile(runtime.state, known=actual is not None)
+            deferred = self._deferred.pop(name, None)
+            if deferred is not None:
+                await self._commit_or_defer(runtime, deferred)
             if runtime.state.target == state.target and runtime.state.phase is state.phase:
                 # (A command in between changed what was measured: decide on the next tick.)
                 rules = {**measured, **self._known_views(runtime)}
-                await self._commit(runtime, rollout.tick(runtime.state, Tick(
+                await self._commit_or_hold(runtime, rollout.tick(runtime.state, Tick(
                     self.clock(), rules, actual, checked, previous_healthy)))
             await runtime.router.reconcile(runtime.state, known=runtime.router.actual is not None)
+        if self.store.pending:  # audit lines wait: retry every tick, so it goes on by itself
+            await asyncio.to_thread(self.store.flush)
+        await self._check_store()
         runtime.last_tick = self.clock()
         runtime.ticks += 1
 
@@ -192,8 +210,23 @@ class Daemon:
         """Store what a restart must not forget: rule states that moved, alerts that ended."""
         rules = self.rules.memory(name)
         alerts = self.alerts.memory(name) if self.alerts.expire(name, self.clock()) else None
-        if rules is not None or alerts is not None:
-            await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts)
+        await self._save_memory(name, rules, alerts)
+
+    async def _save_memory(self, name: str, rules: Any, alerts: Any) -> None:
+        """Store rule states and/or alerts; while the store cannot write they wait here (the
+        newest of each) and go with the next tick once it can: never a reason to stop a tick."""
+        unsaved = self._unsaved_memory.pop(name, (None, None))
+        rules = rules if rules is not None else unsaved[0]
+        alerts = alerts if alerts is not None else unsaved[1]
+        if rules is None and alerts is None:
+            return
+        if self.store.ok:
+            try:
+                await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts)
+                return
+            except StoreError:
+                pass
+        self._unsaved_memory[name] = (rules, alerts)
 
     def _tick_soon(self, name: str) -> None:
         """Bring the site's next tick forward to now (the scheduler still never runs two)."""
@@ -229,8 +262,7 @@ class Daemon:
         for status, count in receipt.counts().items():
             self.metrics.alerts_received_total.labels(status).inc(count)
         for name in sorted(receipt.sites):
-            await asyncio.to_thread(self.store.save_memory, name,
-                                    alerts=self.alerts.memory(name))
+            await self._save_memory(name, None, self.alerts.memory(name))
         for name in sorted({a.site for a in receipt.firing}):
             await self.decide_now(name)
         return receipt
@@ -265,13 +297,79 @@ class Daemon:
             elif isinstance(action, CancelStep):
                 self.preparer.cancel(runtime.name)
 
+    async def _commit_or_hold(self, runtime: SiteRuntime, decision: Decision) -> bool:
+        """`_commit`, or, when the store cannot write, nothing: the state stays the last
+        recorded one, no traffic moves, and the machine decides again on the next tick."""
+        try:
+            await self._commit(runtime, decision)
+        except StoreError as exc:
+            if runtime.name not in self._held:  # once per site and episode
+                self._held.add(runtime.name)
+                log.warning("decision_not_stored", site=runtime.name, error=str(exc),
+                            events=[e.kind for e in decision.events])
+            return False
+        return True
+
+    async def _commit_or_defer(self, runtime: SiteRuntime,
+                               decide: Callable[[rollout.SiteState], Decision]) -> None:
+        """A decision that will not come again by itself (a step ended, a resume): when it
+        cannot be stored it is made again, on the state of then, at each tick until it is."""
+        if not await self._commit_or_hold(runtime, decide(runtime.state)):
+            self._deferred[runtime.name] = decide
+
+    async def _check_store(self) -> None:
+        """Tell once per episode that the store cannot write, and once that it writes again:
+        the log, a notification and an audit line per site (written when it can be)."""
+        store = self.store
+        if not store.ok and self._store_failing is None:
+            self._store_failing = since = store.since or self.clock()
+            text = (f"{store.message()}; traffic changes wait until it writes again, a changed "
+                    "split is still put back")
+            log.error("store_failed", path=str(store.path), error=store.error)
+            for name, runtime in self.sites.items():
+                self.notifier.post(name, "store_failed", f"{name}: {text}",
+                                   phase=runtime.state.phase.value,
+                                   weights=dict(runtime.state.weights))
+                await asyncio.to_thread(store.record, name, Event(
+                    "store_failed", text, runtime.state.phase.value, runtime.state.phase.value,
+                    dict(runtime.state.weights), actor="daemon"), since)
+        elif store.ok and self._store_failing is not None:
+            took = self.clock() - self._store_failing
+            self._store_failing = None
+            self._held.clear()
+            text = (f"state store {store.path} writes again after {took:.1f}s; "
+                    f"{store.flushed} audit events kept in memory were written")
+            log.info("store_recovered", path=str(store.path), seconds=round(took, 3),
+                     written=store.flushed)
+            for name, runtime in self.sites.items():
+                self.notifier.post(name, "store_recovered", f"{name}: {text}",
+                                   phase=runtime.state.phase.value,
+                                   weights=dict(runtime.state.weights))
+                await asyncio.to_thread(store.record, name, Event(
+                    "store_recovered", text, runtime.state.phase.value,
+                    runtime.state.phase.value, dict(runtime.state.weights), actor="daemon"))
+
+    def store_problem(self) -> str | None:
+        """One line for systemd's STATUS= while the store cannot write, else None."""
+        if self.store.ok:
+            return None
+        return f"{self.store.message()} (no traffic change until it can)"
+
+    async def _require_store(self) -> None:
+        """StoreError (the API's 503) when the store cannot write even on a new try: a backup
+        or restore by hand is not started without its record."""
+        if not self.store.ok and not await asyncio.to_thread(self.store.flush):
+            raise StoreError(self.store.message())
+
     async def step_done(self, name: str, done: StepDone) -> None:
         """A prepare step's task ended: the machine decides what follows."""
         runtime = self.sites.get(name)
         if runtime is None:
             return
         async with runtime.lock:
-            await self._commit(runtime, rollout.step_done(runtime.state, done, self.clock()))
+            await self._commit_or_defer(
+                runtime, lambda s: rollout.step_done(s, done, self.clock()))
+        await self._check_store()
 
     async def command(self, name: str, cmd: rollout.Command) -> rollout.SiteState:
         self.require_site(name)
@@ -286,7 +384,10 @@ class Daemon:
                 runtime.state, cmd, self.clock(), runtime.config.rollout,
                 prepare=runtime.config.steps, shared=db is not None and db.strategy == "shared",
                 breaking=db is not None and db.breaking)
-            await self._commit(runtime, decision)
+            try:
+                await self._commit(runtime, decision)
+            finally:
+                await self._check_store()
         return runtime.state
 
     # ---------------------------------------------------------------- backups by hand
@@ -294,6 +395,7 @@ class Daemon:
     async def backup(self, name: str, color: str | None, actor: str) -> dict[str, Any]:
         """Start a backup of `color`'s database (default: the live colour's)."""
         self.require_site(name)
+        await self._require_store()
         runtime = self.sites[name]
         async with runtime.lock:
             chosen = color or runtime.state.live
@@ -309,6 +411,7 @@ class Daemon:
                       actor: str) -> dict[str, Any]:
         """Start restoring a backup into `to`; refused while `to` has traffic unless force."""
         self.require_site(name)
+        await self._require_store()
         runtime = self.sites[name]
         async with runtime.lock:
             self.preparer.require(name)
@@ -389,7 +492,7 @@ class Daemon:
             r.name, r.state, r.router.actual, r.router.kind, r.router.error, r.router.health,
             tuple(self.rules.rows(name)), tuple(r.router.views(r.state.target).values()),
             tuple(self.alerts.firing.get(name, {}).values()),
-            r.last_tick, r.config.rollout.interval, self.clock())
+            r.last_tick, r.config.rollout.interval, self.clock(), store=self.store.view())
 
     async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
         snap = self.snapshot(name)

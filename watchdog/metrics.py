@@ -14,6 +14,9 @@ ROUTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 # A gate takes milliseconds, a backup or a migration of a large database an hour.
 STEP_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
                 3600.0, 7200.0)
+# The state store's operations (store.py): writes of a decision, of an audit line, of the rule
+# and alert memory, the retry of what waits in memory; reads of a state or memory, of events.
+STORE_OPS = ("save", "record", "memory", "flush", "load", "read")
 HTTP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 
 
@@ -87,6 +90,11 @@ class Metrics:
             "odoo_watchdog_sessions_shared",
             "1 when the last sessions smoke check found a session of the live colour valid on "
             "the candidate, 0 when not", ["site"], registry=r)
+        self.store_errors_total = Counter(
+            "odoo_watchdog_store_errors_total",
+            "Operations the state store failed, by operation", ["op"], registry=r)
+        for op in STORE_OPS:
+            self.store_errors_total.labels(op)
         # odoo_watchdog_http_requests_total{site,color,code},
         # odoo_watchdog_http_request_duration_seconds{site,color} (HTTP_BUCKETS) and the
         # access-log receiver's own counts: read from its plain counters at scrape time.

@@ -5,7 +5,9 @@ The router modules (`watchdog/routers/`) only talk to a proxy; this object adds 
 kind needs the same way: each read and write is counted and timed
 (`odoo_watchdog_router_operations_total`, `..._operation_seconds`), a failure is logged once
 and written to the audit log, and `reconcile` puts the stored split back when the proxy
-reports another one (a reload of the proxy, a person with a runtime API).
+reports another one (a reload of the proxy, a person with a runtime API). It does so even while
+the state store cannot write: that split is already recorded, and the drift's audit line waits
+in the store's memory until it can be written.
 
 Every read also takes the proxy's own health checks (`Router.health`): a candidate the proxy
 marks DOWN gets no traffic whatever its weight, so it holds the rollout as the rule
@@ -58,7 +60,12 @@ class SiteRouter:
             time.monotonic() - started)
 
     async def _record(self, state: SiteState, kind: str, message: str) -> None:
-        await asyncio.to_thread(self.store.record, self.site, audit_event(state, kind, message))
+        """Into the audit log. A store that cannot write keeps the line in memory and writes it,
+        with its own time, once it can: the repair or the error it tells of goes on anyway."""
+        written = await asyncio.to_thread(self.store.record, self.site,
+                                          audit_event(state, kind, message))
+        if not written:
+            log.warning("audit_pending", site=self.site, kind=kind, pending=self.store.pending)
 
     async def check(self, state: SiteState) -> str | None:
         """The router's own check (admin level, servers known, files writable); the problem,

@@ -30,6 +30,8 @@ class SiteSnapshot:
     last_tick: float | None
     interval: float
     now: float
+    # The state store's health (Store.view()): {"ok", "error", "since", "path", "pending"}.
+    store: dict[str, Any] | None = None
 
 
 def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) ->
                     "summary": a.summary, "ends_at": a.ends_at} for a in snap.alerts],
         "last_tick": snap.last_tick,
         "interval": snap.interval,
+        "store": snap.store,
     }
     if events is not None:
         view["events"] = events
