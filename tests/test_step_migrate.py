@@ -61,13 +61,19 @@ print('  File "/usr/lib/python3/dist-packages/odoo/modules/registry.py", line 87
 print("psycopg2.errors.UndefinedColumn: column res_partner.x_new does not exist")
 sys.exit(255)
 """,
-    # Odoo only logs unknown module names and exits 0; coloured, as with a TTY
+    # Odoo only logs unknown module names (at WARNING: odoo/modules/loading.py
+    # _check_module_names) and exits 0; coloured, as with a TTY (netsvc.ColoredFormatter)
     "unknown": """
 now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-print(f"{now},123 {os.getpid()} \\x1b[1;31m\\x1b[1;41mERROR\\x1b[0m {DB} "
-      "odoo.modules.loading: invalid module names, ignored: x", flush=True)
+print(f"{now},123 {os.getpid()} \\x1b[1;33m\\x1b[1;49mWARNING\\x1b[0m {DB} "
+      "odoo.modules.loading: invalid module names, ignored: x ", flush=True)
 for i in range(40):
     log("INFO", "odoo.modules.loading", f"module {i}: loading")
+""",
+    # a module whose code is not installable (odoo/modules/graph.py add_modules): WARNING
+    "uninstallable": """
+log("WARNING", "odoo.modules.graph", "module sale_custom: not installable, skipped")
+log("INFO", "odoo.modules.loading", "modules loaded")
 """,
     "sleep": """
 mark("pid", str(os.getpid()))
@@ -153,6 +159,15 @@ async def test_an_error_line_with_exit_0_fails_even_outside_the_tail(
     assert "\x1b" not in str(failed.value)  # colours stripped
     assert not any("invalid module names" in line for line in failed.value.output)
     assert len(failed.value.output) == 20
+
+
+async def test_a_module_not_installable_fails_though_odoo_exits_0(
+        pg_server: Server, odoo17: str, tmp_path: Path) -> None:
+    with pytest.raises(StepFailed) as failed:
+        await migrate(pg_server, odoo17, script(tmp_path, "uninstallable", odoo17), timeout=30,
+                      lock_wait=5, env=pg_server.env())
+    assert failed.value.exit_code == 0
+    assert "module sale_custom: not installable, skipped" in str(failed.value)
 
 
 async def test_a_command_past_its_timeout_is_stopped_and_fails(

@@ -71,7 +71,7 @@ async def require_database(server: Server, database: str) -> None:
 
 
 # Records below ERROR that still mean the upgrade did not do what was asked.
-SILENT_FAILURES = ("invalid module names, ignored:",)
+SILENT_FAILURES = ("invalid module names, ignored:", ": not installable, skipped")
 
 
 class _Scan:
