@@ -9,6 +9,7 @@ README promises.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,3 +125,51 @@ def test_hardening(unit: dict[str, dict[str, list[str]]]) -> None:
 
 def test_install_section(unit: dict[str, dict[str, list[str]]]) -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+# ---------------------------------------------------------------- the exposure score
+
+MAX_EXPOSURE = 1.5  # measured on the shipped unit (systemd 252); the README states it
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) ")
+
+
+def exposure(unit_file: Path) -> float:
+    """`systemd-analyze security --offline=yes` on a unit file: its overall exposure, 0-10."""
+    env = {**os.environ, "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "SYSTEMD_LOG_LEVEL": "err"}
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager",
+                             str(unit_file)], capture_output=True, text=True, env=env,
+                            cwd=unit_file.parent, timeout=60, check=False)
+    said = result.stdout + result.stderr
+    if "offline" in result.stderr and ("unrecognized" in said or "Unknown" in said):
+        pytest.skip(f"this systemd-analyze has no --offline: {result.stderr.strip()}")
+    found = EXPOSURE.search(said)
+    assert found, f"no 'Overall exposure level' line (exit {result.returncode}):\n{said}"
+    return float(found.group(1))
+
+
+@pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze not installed "
+                    "(Debian: apt-get install systemd)")
+def test_security_exposure_stays_at_most_1_5(tmp_path: Path) -> None:
+    """The hardening the unit has today keeps it as it grows (database tools, the docker
+    socket): a directive loosened or dropped raises the score over 1.5 and fails here."""
+    copy = tmp_path / UNIT.name
+    shutil.copy(UNIT, copy)
+    score = exposure(copy)
+    assert score <= MAX_EXPOSURE, (
+        f"systemd-analyze security --offline=yes {UNIT.name}: {score} > {MAX_EXPOSURE}; "
+        "put the hardening back or justify the new score in the README")
+    readme = (UNIT.parent.parent / "README.md").read_text()
+    assert f"exposure level {MAX_EXPOSURE}" in readme, "the README states the score"
+
+
+@pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze not installed")
+def test_the_exposure_check_can_fail(tmp_path: Path) -> None:
+    """A copy without its sandboxing scores worse than the limit: the parse reads the real
+    number, and the limit would catch such a change."""
+    loose = ("PrivateDevices", "ProtectKernelTunables", "ProtectKernelModules", "PrivateTmp",
+             "RestrictNamespaces", "SystemCallFilter", "CapabilityBoundingSet", "ProtectHome")
+    kept = [line for line in UNIT.read_text().splitlines()
+            if not line.startswith(tuple(f"{key}=" for key in loose))]
+    copy = tmp_path / UNIT.name
+    copy.write_text("\n".join(kept) + "\n")
+    assert exposure(copy) > MAX_EXPOSURE

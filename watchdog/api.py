@@ -5,6 +5,7 @@ the strict models of watchdog/payloads.py, their errors worded as `odoo-watchdog
 a config's: `{"error": "to: input should be 'blue' or 'green' (got 'red')"}`), an unknown
 site 404, a command the phase does not allow 409 with the phase. Every POST needs the bearer
 token when one is configured, compared in constant time; without it, 401 and nothing changes.
+The token is re-read from `api.token_file` on every reload (SIGHUP): `ApiToken`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -24,12 +26,50 @@ from watchdog import payloads, rollout
 from watchdog.alerts import PayloadError
 from watchdog.daemon import Daemon, UnknownSite
 from watchdog.prepare import DatabaseBusy, HasTraffic, NoDatabase, UnknownBackup
+from watchdog.secrets import SecretError, read_secret
 from watchdog.store import StoreError
 
 log = structlog.get_logger("odoo_watchdog.api")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
-TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiToken:
+    """The bearer token every POST needs (`value`; None: no token configured), and the file
+    it comes from. `reread()` reads `api.token_file` again, so a token can be rotated without
+    a restart: the new one works at once, the old one gets 401. A file that cannot be read
+    (missing, unreadable, empty) keeps the token in force: the API is never left open by a
+    failed rotation. The path is the one read at start (a changed `api.token_file` in the
+    config needs a restart, as every `api` key does). Its value is never logged."""
+
+    def __init__(self, value: str | None, path: Path | None = None,
+                 config_dir: Path | None = None) -> None:
+        self.value = value
+        self.path = path
+        self.config_dir = config_dir or Path(".")
+
+    @classmethod
+    def from_file(cls, path: Path | None, config_dir: Path) -> ApiToken:
+        """The token in `path` (SecretError when it cannot be read), or none without one."""
+        if path is None:
+            return cls(None)
+        return cls(read_secret(path, config_dir, "api.token_file"), path, config_dir)
+
+    def reread(self) -> str | None:
+        """Read the file again; None when done, else the problem (the old token stays)."""
+        if self.path is None:
+            return None
+        try:
+            value = read_secret(self.path, self.config_dir, "api.token_file")
+        except SecretError as exc:
+            log.error("api_token_kept", error=str(exc))
+            return f"{exc}; the previous API token stays in force"
+        changed, self.value = value != self.value, value
+        log.info("api_token_reread", changed=changed)
+        return None
+
+
+TOKEN: web.AppKey[ApiToken] = web.AppKey("token", ApiToken)
 
 
 class BadRequest(Exception):
@@ -42,7 +82,7 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[TOKEN]
+    token = request.app[TOKEN].value
     if request.method == "POST" and token is not None:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
@@ -209,14 +249,14 @@ async def restore_backup(request: web.Request) -> web.Response:
     return web.json_response(started, status=202)
 
 
-def create_app(daemon: Daemon, token: str | None) -> web.Application:
+def create_app(daemon: Daemon, token: ApiToken | str | None) -> web.Application:
     # auto_decompress off: a Content-Encoding body is refused as not JSON (400) instead of
     # failing inside aiohttp's parser, which drops the connection; Alertmanager never
     # compresses its webhooks.
     app = web.Application(middlewares=[guard], client_max_size=1024 * 1024,
                           handler_args={"auto_decompress": False})
     app[DAEMON] = daemon
-    app[TOKEN] = token
+    app[TOKEN] = token if isinstance(token, ApiToken) else ApiToken(token)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/sites", list_sites)

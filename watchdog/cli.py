@@ -12,7 +12,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,9 +24,12 @@ from watchdog.daemon import StartError
 from watchdog.rollout import ACTIVE, steps_of
 from watchdog.routers import RouterError, WeightsError, format_weights, parse_weights
 from watchdog.sdnotify import SdNotify
-from watchdog.secrets import SecretError, read_secret
+from watchdog.secrets import SecretError
 from watchdog.store import StoreError
 from watchdog.yamlsrc import Problem, display_name, read
+
+if TYPE_CHECKING:
+    from watchdog.api import ApiToken
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -201,14 +204,13 @@ def _run(args: argparse.Namespace) -> int:
     loaded = _load_or_report(Path(args.config))
     if loaded is None:
         return 1
-    token = None
-    token_file = loaded.config.api.token_file
-    if token_file is not None:
-        try:
-            token = read_secret(token_file, loaded.path.parent, "api.token_file")
-        except SecretError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+    from watchdog.api import ApiToken
+
+    try:
+        token = ApiToken.from_file(loaded.config.api.token_file, loaded.path.parent)
+    except SecretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_serve(loaded, token))
     except (StoreError, StartError) as exc:
@@ -220,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve(loaded: LoadedConfig, token: str | None) -> int:
+async def _serve(loaded: LoadedConfig, token: ApiToken) -> int:
     from aiohttp import web
 
     from watchdog.api import create_app
@@ -245,6 +247,17 @@ async def _serve(loaded: LoadedConfig, token: str | None) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    async def reread_token() -> str | None:
+        """api.token_file again on every reload (SIGHUP, an edited config): rotation without
+        a restart. A file that cannot be read keeps the token and says so."""
+        problem = await asyncio.to_thread(token.reread)
+        if problem:
+            for name in daemon.sites:
+                daemon.notifier.post(name, "reload_failed", f"API token not changed: {problem}")
+        return problem
+
+    daemon.reloader.rereads.append(reread_token)
     daemon.reloader.on_reload = lambda done: (notify.ready(_status(daemon)) if done
                                      else notify.reloading())
     await daemon.start()
@@ -258,7 +271,7 @@ async def _serve(loaded: LoadedConfig, token: str | None) -> int:
         await runner.cleanup()
         raise
     log.info("started", listen=loaded.config.api.listen, sites=list(loaded.config.sites),
-             rules=len(loaded.rules), token=token is not None)
+             rules=len(loaded.rules), token=token.value is not None)
     notify.ready(_status(daemon))  # after start(): the first reconcile is done
     notify.start_watchdog(lambda: _status(daemon))
     await stop.wait()

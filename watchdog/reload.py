@@ -6,6 +6,12 @@ file system and through config-management tools that replace files by rename; th
 re-validated only when the signature changes, or on SIGHUP. A failed load changes nothing and
 says so in `odoo_watchdog_config_last_reload_successful` and the API's `config` view, like
 Prometheus' own reload.
+
+Secrets that live outside the config (the API token) are re-read by `rereads` hooks on every
+reload, also one whose config is wrong: rotating a token must not wait for a good config. A
+hook returns None when done, or its problem; a problem keeps that secret as it was and makes
+the reload count as failed (the metric at 0, the problem in `errors`) even when the config
+part was applied, so the usual alert on that metric catches a rotation that did not happen.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class Reloader:
         self.errors: list[str] | None = None
         self.warnings: list[str] = []
         self.on_reload: Callable[[bool], None] | None = None
+        self.rereads: list[Callable[[], Awaitable[str | None]]] = []
         self._signature = self.files_signature()
         self._lock = asyncio.Lock()
         self._succeeded()
@@ -90,18 +97,37 @@ class Reloader:
         try:
             new = await asyncio.to_thread(load, self.loaded.path)
         except ConfigError as exc:
-            self.errors = [str(p) for p in exc.problems]
+            problems = [str(p) for p in exc.problems]
+            self.errors = problems + await self._reread()
             self.metrics.config_last_reload_successful.set(0)
             log.error("reload_failed", reason=reason, problems=self.errors)
-            self.failed(self.errors)
+            self.failed(problems)
             return False
         warnings = await self.apply(new)
         self.loaded = new
-        self.errors = None
         self.warnings = warnings + new.warnings
+        kept = await self._reread()
+        if kept:
+            self.errors = kept
+            self.metrics.config_last_reload_successful.set(0)
+            log.error("reload_failed", reason=reason, problems=kept, config_applied=True)
+            return False
+        self.errors = None
         self._succeeded()
         log.info("reloaded", reason=reason, rules=len(new.rules), warnings=warnings)
         return True
+
+    async def _reread(self) -> list[str]:
+        problems = []
+        for hook in self.rereads:
+            try:
+                problem = await hook()
+            except Exception as exc:  # a hook's bug must not stop the reload
+                log.exception("reread_failed")
+                problem = f"re-reading a secret failed: {type(exc).__name__}"
+            if problem:
+                problems.append(problem)
+        return problems
 
     def _succeeded(self) -> None:
         self.last_reload_at = self.clock()
