@@ -174,8 +174,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_sites(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view(),
-                              "store": daemon.store.view()})
+    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view()})
 
 
 async def alertmanager(request: web.Request) -> web.Response:
