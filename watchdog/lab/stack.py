@@ -150,12 +150,15 @@ class LabStack:
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start_daemon(self) -> ManagedProcess:
+    def start_daemon(self, env: dict[str, str] | None = None) -> ManagedProcess:
+        """The daemon as a process; `env` is added to ours (the chaos test's
+        ODOO_WATCHDOG_CRASH_AT)."""
         self.daemon = ManagedProcess(
             "odoo-watchdog",
             [sys.executable, "-m", "watchdog.cli", "run", "-c", str(self.config_path)],
             log_path=self.workdir / "daemon.log",
             ready=lambda: http_ok(f"{self.api_url}/healthz"),
+            env=env,
             ready_timeout=30,
         )
         self.daemon.start()
