@@ -222,10 +222,16 @@ def test_the_token_rotates_on_sighup_and_an_unreadable_file_keeps_it(
         reload_and_wait(rec, lambda c: any("is empty" in e for e in c["errors"]))
         assert rec.call("POST", abort, {}, token=new)[0] == 409
 
+        # A broken config does not hold a rotation back: the token is not part of it.
+        good = lab.config_path.read_text()
+        lab.config_path.write_text(good + "\nnot_a_key: 1\n")
         lab.token_path.write_text(third + "\n")
-        reload_and_wait(rec, lambda c: not c["errors"])
+        config = reload_and_wait(rec, lambda c: any("not_a_key" in e for e in c["errors"]))
+        assert not any("api.token_file" in e for e in config["errors"]), config
         assert rec.call("POST", abort, {}, token=third)[0] == 409
         assert rec.call("POST", abort, {}, token=new)[0] == 401
+        lab.config_path.write_text(good)
+        reload_and_wait(rec, lambda c: not c["errors"])
         assert "odoo_watchdog_config_last_reload_successful 1.0" in daemon_metrics(lab)
         assert lab.daemon is not None
         log = lab.daemon.log_path.read_bytes()
