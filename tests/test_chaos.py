@@ -530,3 +530,17 @@ def leftovers(lab: LabStack, postgres: PostgresLab) -> None:
     assert not any(d.startswith(names["green"] + "_") for d in dbs), dbs
     partial = [p.name for p in (lab.workdir / "backups").rglob(".*.partial")]
     assert not partial, partial
+
+
+def test_every_kill_of_this_module_resumed() -> None:
+    """Last: the counts above, whole. (Skipped when the tests that kill were deselected.)"""
+    if not TALLY.kills:
+        pytest.skip("no chaos test ran before this one")
+    assert TALLY.resumed == TALLY.kills, TALLY.table()
+    ran = {point for point in TALLY.kills if point != "random kill -9"}
+    whole = any(p.startswith("after_") for p in ran) and any(p.startswith("in_step:")
+                                                            for p in ran)
+    if whole:  # the whole module ran: every point was killed at least once
+        assert ran >= {"after_save", "after_commit", "after_router",
+                       *(f"in_step:{s}" for s in ("backup", "clone", "deploy", "migrate",
+                                                  "gate"))}, TALLY.table()
