@@ -361,7 +361,7 @@ async def test_abort_mid_canary_puts_blue_back_to_100_with_the_reason_in_the_eve
 async def test_kill_9_in_a_hold_keeps_the_split_and_the_restart_keeps_the_step_clock(
     make_lab: Callable[..., LabStack],
 ) -> None:
-    hold = 15.0
+    hold = 20.0  # room for a restart that takes a few seconds on a loaded machine
     lab = make_lab(steps=[{"weight": 10, "hold": "1s"}, {"weight": 50, "hold": f"{hold:g}s"},
                           {"weight": 100}], bake="60s")
     half = {"blue": 50, "green": 50}
