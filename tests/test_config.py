@@ -80,7 +80,7 @@ def test_check_accepts_the_shipped_example_and_summarises(tmp_path: Path) -> Non
     assert "SUCCESS" in result.stdout
     assert "site odoo: haproxy router, live blue" in result.stdout
     assert "canary 10 -> 50 -> pause -> 100" in result.stdout
-    assert "4 rules from 1 file: http 1, logs 1, prometheus 2" in result.stdout
+    assert "5 rules from 1 file: http 1, logs 2, prometheus 2" in result.stdout
 
 
 def test_check_reports_problems_of_config_and_rule_file_together(tmp_path: Path) -> None:
@@ -149,7 +149,9 @@ def test_shipped_rules_load_with_their_types_and_defaults() -> None:
     site = loaded.config.sites["odoo"]
     assert site.rollout.interval == 30
     assert site.rollout.keep_previous == 48 * 3600
-    assert loaded.origins["health"].line == 40
+    assert isinstance(by_name["broken_deployment_lines"], LogsRule)
+    assert by_name["broken_deployment_lines"].max == 0
+    assert loaded.origins["health"].line == 72
 
 
 def test_defaults_of_a_minimal_config(tmp_path: Path) -> None:
