@@ -18,6 +18,7 @@ from watchdog.config import COLORS
 from watchdog.rollout import RuleView
 from watchdog.rules import State
 
+MAX_SEEN = 5_000  # fingerprints remembered to tell duplicates, besides the firing ones
 MAX_ALERTS = 1000  # per payload; Alertmanager's max_alerts, 0 by default, means "all"
 
 
@@ -137,7 +138,9 @@ class AlertBook:
                 ends_at=rfc3339(str(raw.get("endsAt") or "")),
             )
             seen = (alert.status, alert.starts_at)
-            if self._seen.get(alert.fingerprint) == seen:
+            # Popped and put back: the dict stays in the order each was last heard of.
+            if self._seen.pop(alert.fingerprint, None) == seen:
+                self._seen[alert.fingerprint] = seen
                 receipt.duplicates += 1
                 continue
             self._seen[alert.fingerprint] = seen
@@ -148,9 +151,19 @@ class AlertBook:
             else:
                 book.pop(alert.fingerprint, None)
                 receipt.resolved.append(alert)
-        if len(self._seen) > 100_000:  # bounded memory whatever Alertmanager sends
-            self._seen = {fp: self._seen[fp] for book in self.firing.values() for fp in book}
+        if len(self._seen) > MAX_SEEN:  # bounded memory whatever Alertmanager sends
+            self._forget_oldest()
         return receipt
+
+    def _forget_oldest(self) -> None:
+        """Keep the fingerprints of the alerts firing now and the newest half of the cap of
+        the others. One heard of long ago that comes again counts again, not as a duplicate
+        (100,000 kept until the last trim were 16 MB, which the daemon's memory never gave
+        back)."""
+        firing = {fp for book in self.firing.values() for fp in book}
+        others = [fp for fp in self._seen if fp not in firing]
+        for fp in others[:max(0, len(others) - MAX_SEEN // 2)]:
+            del self._seen[fp]
 
     def expire(self, site: str, now: float) -> bool:
         """Drop the site's alerts whose `endsAt` has passed (Alertmanager counts them resolved
