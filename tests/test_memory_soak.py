@@ -9,6 +9,7 @@ second stretch must stay within what moves without growing (a leak of 100 bytes 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 import uuid
@@ -140,5 +141,31 @@ async def test_ticks_leave_nothing_behind(config: Path, tracing: None) -> None:
                                  f"{second / 1e3:.0f} kB over 600")
         assert samples(daemon) == series
         assert len(daemon._tasks) <= 1  # the reload watcher
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.lab
+async def test_reloads_that_rename_rules_add_no_series(config: Path) -> None:
+    """A rule file regenerated with new rule names (a version in the name) on every reload:
+    the removed rules' series go, their evaluation counts with them."""
+    loaded = load(config)
+    rules = Path(loaded.config.rule_files[0])
+    daemon = Daemon(loaded)
+    await daemon.start()
+    try:
+        counts = []
+        for i in range(6):
+            text = RULES.replace("name: health", f"name: health_v{i}")
+            await asyncio.to_thread(rules.write_text, text)
+            assert await daemon.reload("test")
+            for name in daemon.sites:
+                await daemon.tick(name)
+            counts.append(samples(daemon))
+            text = "\n".join(str(s) for m in daemon.metrics.registry.collect()
+                             for s in m.samples)
+            assert f"health_v{i}" in text
+            assert i == 0 or f"health_v{i - 1}" not in text
+        assert len(set(counts)) == 1, counts
     finally:
         await daemon.stop()

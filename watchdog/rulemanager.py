@@ -184,6 +184,10 @@ class RuleManager:
             for rule_name in gone:
                 for color in COLORS:
                     self.forget(site, rule_name, color)
+                for outcome in Outcome:  # its counts too: a renamed rule adds none each reload
+                    with contextlib.suppress(KeyError):
+                        self.metrics.rule_evaluations_total.remove(site, rule_name,
+                                                                   outcome.value)
         self.loaded = new
 
     def forget(self, site: str, rule: str, color: str) -> None:
