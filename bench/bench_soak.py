@@ -98,6 +98,27 @@ def poll(api: str, every: float, stop: threading.Event) -> None:
                 pass
 
 
+def alerts(lab: LabStack, per_second: int, sites: int, stop: threading.Event) -> None:
+    """Alertmanager's webhook with `per_second` alerts never seen before, resolved, each
+    second (pods that come and go): what the daemon remembers of them must stay bounded."""
+    client = lab.client()
+    n = 0
+    while not stop.wait(1.0):
+        batch = []
+        for _ in range(per_second):
+            n += 1
+            batch.append({"status": "resolved", "fingerprint": f"{n:016x}",
+                          "startsAt": "2026-12-01T08:00:00Z", "endsAt": "2026-12-01T08:05:00Z",
+                          "labels": {"alertname": "PodDown", "severity": "critical",
+                                     "site": f"site{n % sites}",
+                                     "pod": f"pod-{n}"}, "annotations": {}})
+        try:
+            client.post("/api/v1/alertmanager", {"version": "4", "status": "resolved",
+                                                 "alerts": batch})
+        except Exception as exc:  # the bench goes on; the daemon's RSS tells
+            print(f"  alertmanager webhook: {exc}", flush=True)
+
+
 def start_daemon(lab: LabStack, code: Path | None, extra_env: dict[str, str]) -> ManagedProcess:
     if code is None and not extra_env:
         return lab.start_daemon()
@@ -149,6 +170,8 @@ def main() -> int:
                         help="requests per second through HAProxy (0: none)")
     parser.add_argument("--poll", type=float, default=5.0,
                         help="seconds between two reads of /metrics and the sites (0: none)")
+    parser.add_argument("--alerts", type=int, default=0,
+                        help="distinct resolved Alertmanager alerts posted per second")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the daemon (to compare settings)")
     parser.add_argument("--code", type=Path, default=None,
@@ -169,6 +192,9 @@ def main() -> int:
                                  daemon=True).start()
             if args.poll > 0:
                 threading.Thread(target=poll, args=(lab.api_url, args.poll, stop),
+                                 daemon=True).start()
+            if args.alerts > 0:
+                threading.Thread(target=alerts, args=(lab, args.alerts, args.sites, stop),
                                  daemon=True).start()
             print(f"daemon pid {pid} from {args.code or 'this checkout'}: {args.sites} sites at "
                   f"1 s ticks for {args.minutes:g} min, a sample every {args.sample:g} s",
