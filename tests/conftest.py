@@ -101,6 +101,19 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresLab]:
 _PG_NAMES = iter(range(1, 1_000_000))
 
 
+@pytest.fixture(scope="module")
+def odoo_docker() -> Iterator[Any]:
+    """A docker SDK client of the lab's dockerd, with the lab's Odoo image tags imported
+    (watchdog/lab/odoo_image.py). Tests using it skip themselves when docker is missing."""
+    from watchdog.lab.docker import client
+    from watchdog.lab.odoo_image import build_images
+
+    cli = client()
+    build_images(cli)
+    yield cli
+    cli.close()
+
+
 @pytest.fixture
 def pg_names() -> Callable[[str], str]:
     """`pg_names("blue")` -> a database name no other test of the session uses."""

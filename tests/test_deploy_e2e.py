@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.polling import wait
-from watchdog.lab.docker import client, docker_unavailable
-from watchdog.lab.odoo_image import build_images, image
+from watchdog.lab.docker import docker_unavailable
+from watchdog.lab.odoo_image import image
 from watchdog.lab.procs import free_port, http_ok
 from watchdog.lab.stack import LabStack
 from watchdog.steps.deploy import ASIDE
@@ -29,14 +29,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    cli = client()
-    build_images(cli)
-    yield cli
-    cli.close()
-
-
 def remove(cli: Any, name: str) -> None:
     import docker.errors
 
@@ -45,15 +37,15 @@ def remove(cli: Any, name: str) -> None:
 
 
 @pytest.fixture
-def green_lab(tmp_path: Path, docker_client: Any) -> Iterator[Callable[[float], LabStack]]:
+def green_lab(tmp_path: Path, odoo_docker: Any) -> Iterator[Callable[[float], LabStack]]:
     """A LabStack whose green colour is the container `name`, :16.0 on a free port, and whose
     site deploys `odoo-watchdog-odoo:{{ version }}` before the preflight."""
     name = f"wdtest-e2e-deploy-{os.getpid()}"
     port = free_port()
     labs: list[LabStack] = []
-    remove(docker_client, name)
-    remove(docker_client, name + ASIDE)
-    box = docker_client.containers.run(
+    remove(odoo_docker, name)
+    remove(odoo_docker, name + ASIDE)
+    box = odoo_docker.containers.run(
         image("16.0"), name=name, detach=True, network_mode="host",
         environment={"ODOO_PORT": str(port)}, labels={"com.example.color": "green"},
         restart_policy={"Name": "unless-stopped"})
@@ -85,8 +77,8 @@ def green_lab(tmp_path: Path, docker_client: Any) -> Iterator[Callable[[float], 
     finally:
         for lab in labs:
             lab.stop()
-        remove(docker_client, name)
-        remove(docker_client, name + ASIDE)
+        remove(odoo_docker, name)
+        remove(odoo_docker, name + ASIDE)
     assert box.id
 
 
@@ -109,7 +101,7 @@ def events(lab: LabStack) -> list[tuple[str, str]]:
 
 
 def test_deploy_recreates_green_on_the_versions_tag_then_the_preflight_runs(
-        green_lab: Callable[[float], LabStack], docker_client: Any) -> None:
+        green_lab: Callable[[float], LabStack], odoo_docker: Any) -> None:
     lab = green_lab(20.0)
     name = lab.site_extra["colors"]["green"]["container"]
     lab.client().post("/api/v1/sites/odoo/rollouts", {"to": "green", "version": "17.0"})
@@ -118,23 +110,23 @@ def test_deploy_recreates_green_on_the_versions_tag_then_the_preflight_runs(
     assert view["phase"] == "progressing", events(lab)[-6:]
     passed = [m for k, m in events(lab) if k == "prepare_step" and " deploy passed in " in m]
     assert passed and f"{name} recreated from odoo-watchdog-odoo:17.0" in passed[0]
-    attrs = container(docker_client, name)
+    attrs = container(odoo_docker, name)
     assert attrs is not None and attrs["State"]["Running"]
-    assert image_of(docker_client, attrs) == image("17.0")
-    assert container(docker_client, name + ASIDE) is None
+    assert image_of(odoo_docker, attrs) == image("17.0")
+    assert container(odoo_docker, name + ASIDE) is None
     lab.client().post("/api/v1/sites/odoo/abort", {"reason": "test done"})
 
 
 def test_kill_9_during_a_deploy_leaves_the_previous_container_running(
-        green_lab: Callable[[float], LabStack], docker_client: Any) -> None:
+        green_lab: Callable[[float], LabStack], odoo_docker: Any) -> None:
     lab = green_lab(6.0)
     name = lab.site_extra["colors"]["green"]["container"]
-    before = container(docker_client, name)
+    before = container(odoo_docker, name)
     assert before is not None
     # :broken never answers /web/health: the step waits, with the old container aside.
     lab.client().post("/api/v1/sites/odoo/rollouts", {"to": "green", "version": "broken"})
-    wait(lambda: container(docker_client, name + ASIDE) is not None
-         and container(docker_client, name) is not None, 30, "the new container coming up")
+    wait(lambda: container(odoo_docker, name + ASIDE) is not None
+         and container(odoo_docker, name) is not None, 30, "the new container coming up")
     assert lab.daemon is not None and lab.daemon.proc is not None
     os.kill(lab.daemon.proc.pid, signal.SIGKILL)
     lab.daemon.proc.wait(timeout=10)
@@ -142,10 +134,10 @@ def test_kill_9_during_a_deploy_leaves_the_previous_container_running(
     view = wait(lambda: (v := lab.site())["phase"] == "aborted" and v, 40,
                 "the rollout aborted after the restart")
     assert view["weights"] == {"blue": 100, "green": 0}
-    after = container(docker_client, name)
+    after = container(odoo_docker, name)
     assert after is not None and after["Id"] == before["Id"], "the previous container"
     assert after["State"]["Running"]
-    assert image_of(docker_client, after) == image("16.0")
-    assert container(docker_client, name + ASIDE) is None
+    assert image_of(odoo_docker, after) == image("16.0")
+    assert container(odoo_docker, name + ASIDE) is None
     kinds = events(lab)
     assert any((k == "cleanup" and "wdprev" in m) or "put back" in m for k, m in kinds), kinds

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from watchdog.lab.docker import client, docker_unavailable
+from watchdog.lab.docker import docker_unavailable
 from watchdog.lab.odoo_image import build_images, image
 from watchdog.lab.procs import free_port
 from watchdog.steps.base import StepFailed
@@ -44,14 +44,6 @@ HEALTHCHECK = {  # as a compose file gives one (the official image has none)
     "test": ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:$ODOO_PORT/web/health"],
     "interval": 250_000_000, "timeout": 2_000_000_000, "retries": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    cli = client()
-    build_images(cli)
-    yield cli
-    cli.close()
 
 
 def _remove(cli: Any, name: str) -> None:
@@ -135,7 +127,7 @@ class Old:
 
 
 @pytest.fixture
-def old(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., Old]]:
+def old(odoo_docker: Any, tmp_path: Path) -> Iterator[Callable[..., Old]]:
     made: list[str] = []
 
     def make(restart: str = "unless-stopped", healthcheck: bool = True) -> Old:
@@ -143,14 +135,14 @@ def old(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., Old]]:
         made.append(name)
         addons = tmp_path / "addons"
         addons.mkdir(exist_ok=True)
-        return Old(docker_client, name, free_port(), addons).start(restart, healthcheck)
+        return Old(odoo_docker, name, free_port(), addons).start(restart, healthcheck)
 
     try:
         yield make
     finally:
         for name in made:
-            _remove(docker_client, name + ASIDE)
-            _remove(docker_client, name)
+            _remove(odoo_docker, name + ASIDE)
+            _remove(odoo_docker, name)
 
 
 def _volume(attrs: dict[str, Any], target: str) -> str:
@@ -158,7 +150,7 @@ def _volume(attrs: dict[str, Any], target: str) -> str:
 
 
 async def test_deploy_recreates_the_container_on_the_new_tag_keeping_its_settings(
-        docker_client: Any, old: Callable[..., Old]) -> None:
+        odoo_docker: Any, old: Callable[..., Old]) -> None:
     box = old()
     before = box.attrs()
     lines: list[str] = []
@@ -167,7 +159,7 @@ async def test_deploy_recreates_the_container_on_the_new_tag_keeping_its_setting
     after = box.attrs()
     assert after["Id"] != box.id and after["Name"] == "/" + box.name
     assert after["Config"]["Image"] == image("17.0")
-    assert after["Image"] == docker_client.api.inspect_image(image("17.0"))["Id"]
+    assert after["Image"] == odoo_docker.api.inspect_image(image("17.0"))["Id"]
     assert result.image_id == after["Image"] and result.previous_image_id == before["Image"]
     assert result.container_id == after["Id"] and not result.pulled
     # set for the old container: kept; from the old image: the new image's
@@ -187,13 +179,13 @@ async def test_deploy_recreates_the_container_on_the_new_tag_keeping_its_setting
     assert binds == [(str(box.addons), False)]
     # the image's VOLUME /var/lib/odoo is the same volume: what 16.0 wrote is still there
     assert _volume(after, "/var/lib/odoo") == _volume(before, "/var/lib/odoo")
-    starts = docker_client.containers.get(box.name).exec_run(["cat", "/var/lib/odoo/lab-starts"])
+    starts = odoo_docker.containers.get(box.name).exec_run(["cat", "/var/lib/odoo/lab-starts"])
     assert starts.output.decode().split() == ["16.0", "17.0"]
     # healthy both ways, and nothing left aside
     assert after["State"]["Health"]["Status"] == "healthy"
     assert health(box.port) == {"status": "pass", "lab_version": "17.0"}
     assert "docker health healthy" in result.health and "/web/health pass" in result.health
-    assert not _exists(docker_client, box.name + ASIDE)
+    assert not _exists(odoo_docker, box.name + ASIDE)
     assert any("is healthy" in line for line in lines)
 
 
@@ -246,12 +238,12 @@ async def test_a_missing_image_that_cannot_be_pulled_fails_clearly(
 
 
 async def test_cleanup_after_a_crash_puts_the_previous_container_back(
-        docker_client: Any, old: Callable[..., Old]) -> None:
+        odoo_docker: Any, old: Callable[..., Old]) -> None:
     box = old()
     # kill -9 of the daemon after the new container started: the old one aside and stopped
-    docker_client.api.rename(box.name, box.name + ASIDE)
-    docker_client.api.stop(box.name + ASIDE, timeout=1)
-    docker_client.containers.run(image("broken"), name=box.name, detach=True,
+    odoo_docker.api.rename(box.name, box.name + ASIDE)
+    odoo_docker.api.stop(box.name + ASIDE, timeout=1)
+    odoo_docker.containers.run(image("broken"), name=box.name, detach=True,
                                  network_mode="host",
                                  environment={"ODOO_PORT": str(box.port)})
     done = await cleanup_deploy_leftovers(box.name)
@@ -260,24 +252,24 @@ async def test_cleanup_after_a_crash_puts_the_previous_container_back(
     box.assert_back()
     assert await cleanup_deploy_leftovers(box.name) == []
     # a crash right after the rename: only the aside one, still running
-    docker_client.api.rename(box.name, box.name + ASIDE)
+    odoo_docker.api.rename(box.name, box.name + ASIDE)
     assert await cleanup_deploy_leftovers(box.name) == [
         f"renamed {box.name}{ASIDE} back to {box.name} and started it"]
     box.assert_back()
 
 
 async def test_a_deploy_run_again_after_a_crash_puts_back_then_deploys(
-        docker_client: Any, old: Callable[..., Old]) -> None:
+        odoo_docker: Any, old: Callable[..., Old]) -> None:
     box = old()
-    docker_client.api.rename(box.name, box.name + ASIDE)
-    docker_client.api.stop(box.name + ASIDE, timeout=1)
+    odoo_docker.api.rename(box.name, box.name + ASIDE)
+    odoo_docker.api.stop(box.name + ASIDE, timeout=1)
     lines: list[str] = []
     await deploy(box.name, image("17.0"), url=box.url, timeout=30, grace=1,
                  progress=lines.append)
     assert any("did not finish" in line for line in lines)
     assert box.attrs()["Config"]["Image"] == image("17.0")
     wait_health(box.port, "17.0")
-    assert not _exists(docker_client, box.name + ASIDE)
+    assert not _exists(odoo_docker, box.name + ASIDE)
 
 
 async def test_cancelling_a_deploy_puts_the_previous_container_back(
@@ -298,17 +290,17 @@ async def test_cancelling_a_deploy_puts_the_previous_container_back(
     box.assert_back()
 
 
-async def test_a_container_run_with_rm_is_refused(docker_client: Any) -> None:
+async def test_a_container_run_with_rm_is_refused(odoo_docker: Any) -> None:
     name = f"wdtest-deploy-{uuid.uuid4().hex[:8]}"
     try:
-        docker_client.containers.run(image("16.0"), name=name, detach=True,
+        odoo_docker.containers.run(image("16.0"), name=name, detach=True,
                                      network_mode="none", auto_remove=True)
         with pytest.raises(StepFailed) as refused:
             await deploy(name, image("17.0"), url="http://127.0.0.1:9", timeout=5)
         assert "--rm" in str(refused.value)
-        assert docker_client.api.inspect_container(name)["State"]["Running"]
+        assert odoo_docker.api.inspect_container(name)["State"]["Running"]
     finally:
-        _remove(docker_client, name)
+        _remove(odoo_docker, name)
 
 
 async def test_deploy_of_a_missing_container_says_so() -> None:
@@ -322,12 +314,12 @@ async def test_deploy_of_a_missing_container_says_so() -> None:
 
 
 @pytest.fixture
-def command_container(docker_client: Any) -> Iterator[tuple[str, int]]:
+def command_container(odoo_docker: Any) -> Iterator[tuple[str, int]]:
     name = f"wdtest-deploycmd-{uuid.uuid4().hex[:8]}"
     try:
         yield name, free_port()
     finally:
-        _remove(docker_client, name)
+        _remove(odoo_docker, name)
 
 
 async def test_deploy_command_runs_the_command_then_waits_for_health(
@@ -389,21 +381,21 @@ def test_the_new_containers_networks_keep_their_aliases_and_address() -> None:
     assert later == {"odoo_extra": {"Aliases": ["odoo-green-extra"]}}
 
 
-def test_build_images_is_idempotent(docker_client: Any) -> None:
-    names = build_images(docker_client)
-    ids = [docker_client.api.inspect_image(n)["Id"] for n in names]
-    assert build_images(docker_client) == names
-    assert [docker_client.api.inspect_image(n)["Id"] for n in names] == ids
+def test_build_images_is_idempotent(odoo_docker: Any) -> None:
+    names = build_images(odoo_docker)
+    ids = [odoo_docker.api.inspect_image(n)["Id"] for n in names]
+    assert build_images(odoo_docker) == names
+    assert [odoo_docker.api.inspect_image(n)["Id"] for n in names] == ids
     assert len(set(ids)) == len(names) == 4
 
 
 async def test_deploy_keeps_an_anonymous_volume_given_with_mount(
-        docker_client: Any, old: Callable[..., Old]) -> None:
+        odoo_docker: Any, old: Callable[..., Old]) -> None:
     import docker.types
 
     box = old()
-    api = docker_client.api
-    _remove(docker_client, box.name)  # the same settings again, with a --mount volume
+    api = odoo_docker.api
+    _remove(odoo_docker, box.name)  # the same settings again, with a --mount volume
     created = api.create_container(
         image("16.0"), name=box.name, environment={"ODOO_PORT": str(box.port)},
         host_config=api.create_host_config(network_mode="host", mounts=[
@@ -417,12 +409,12 @@ async def test_deploy_keeps_an_anonymous_volume_given_with_mount(
     await deploy(box.name, image("17.0"), url=box.url, timeout=30, grace=1)
     after = api.inspect_container(box.name)
     assert _volume(after, "/mnt/extra") == before
-    out = docker_client.containers.get(box.name).exec_run(["cat", "/mnt/extra/f"]).output
+    out = odoo_docker.containers.get(box.name).exec_run(["cat", "/mnt/extra/f"]).output
     assert out == b"kept\n"
 
 
 async def test_the_steps_command_replaces_the_images_and_the_entrypoint_stays(
-        docker_client: Any, old: Callable[..., Old]) -> None:
+        odoo_docker: Any, old: Callable[..., Old]) -> None:
     box = old(healthcheck=False)  # its healthcheck would probe $ODOO_PORT
     port = free_port()
     await deploy(box.name, image("17.0"), url=f"http://127.0.0.1:{port}", timeout=30, grace=1,
@@ -435,21 +427,21 @@ async def test_the_steps_command_replaces_the_images_and_the_entrypoint_stays(
 
 
 async def test_a_command_set_for_the_container_is_kept_on_the_new_image(
-        docker_client: Any) -> None:
+        odoo_docker: Any) -> None:
     """As compose's `command: [--logfile=..., --proxy-mode]`: set for the container, not by
     its image, so it follows the container onto the new tag like its env."""
     name, port = f"wdtest-deploy-cmd-{uuid.uuid4().hex[:8]}", free_port()
     argv = ["odoo", f"--http-port={port}", "--proxy-mode"]
     try:
-        docker_client.containers.run(image("16.0"), argv, name=name, detach=True,
+        odoo_docker.containers.run(image("16.0"), argv, name=name, detach=True,
                                      network_mode="host")
         wait_health(port, "16.0")
         await deploy(name, image("17.0"), url=f"http://127.0.0.1:{port}", timeout=30, grace=1)
-        assert docker_client.api.inspect_container(name)["Config"]["Cmd"] == argv
+        assert odoo_docker.api.inspect_container(name)["Config"]["Cmd"] == argv
         wait_health(port, "17.0")
     finally:
-        _remove(docker_client, name + ASIDE)
-        _remove(docker_client, name)
+        _remove(odoo_docker, name + ASIDE)
+        _remove(odoo_docker, name)
 
 
 async def test_no_dockerd_fails_clearly(tmp_path: Path) -> None:
