@@ -326,13 +326,7 @@ class Daemon:
             text = (f"{store.message()}; traffic changes wait until it writes again, a changed "
                     "split is still put back")
             log.error("store_failed", path=str(store.path), error=store.error)
-            for name, runtime in self.sites.items():
-                self.notifier.post(name, "store_failed", f"{name}: {text}",
-                                   phase=runtime.state.phase.value,
-                                   weights=dict(runtime.state.weights))
-                await asyncio.to_thread(store.record, name, Event(
-                    "store_failed", text, runtime.state.phase.value, runtime.state.phase.value,
-                    dict(runtime.state.weights), actor="daemon"), since)
+            await self._tell_every_site("store_failed", text, since)
         elif store.ok and self._store_failing is not None:
             took = self.clock() - self._store_failing
             self._store_failing = None
@@ -341,13 +335,15 @@ class Daemon:
                     f"{store.flushed} audit events kept in memory were written")
             log.info("store_recovered", path=str(store.path), seconds=round(took, 3),
                      written=store.flushed)
-            for name, runtime in self.sites.items():
-                self.notifier.post(name, "store_recovered", f"{name}: {text}",
-                                   phase=runtime.state.phase.value,
-                                   weights=dict(runtime.state.weights))
-                await asyncio.to_thread(store.record, name, Event(
-                    "store_recovered", text, runtime.state.phase.value,
-                    runtime.state.phase.value, dict(runtime.state.weights), actor="daemon"))
+            await self._tell_every_site("store_recovered", text)
+
+    async def _tell_every_site(self, kind: str, text: str, at: float | None = None) -> None:
+        """A notification and an audit line (`at`: its time) for each site."""
+        for name, runtime in self.sites.items():
+            phase, weights = runtime.state.phase.value, dict(runtime.state.weights)
+            self.notifier.post(name, kind, f"{name}: {text}", phase=phase, weights=weights)
+            await asyncio.to_thread(self.store.record, name,
+                                    Event(kind, text, phase, phase, weights, actor="daemon"), at)
 
     def store_problem(self) -> str | None:
         """One line for systemd's STATUS= while the store cannot write, else None."""
@@ -458,20 +454,21 @@ class Daemon:
     def _reconfigure_database(self, name: str, config: Any, new: LoadedConfig) -> None:
         """New database settings take effect for the next step; a dsn_file that cannot be
         read keeps the old ones (and says so)."""
-        try:
-            self.preparer.configure(name, config, new.path.parent)
-        except SecretError as exc:
-            log.error("database_config_kept", site=name, error=str(exc))
-            self.notifier.post(name, "reload_failed", f"database settings not changed: {exc}")
+        self._reread(name, "database settings", "database_config_kept",
+                     lambda: self.preparer.configure(name, config, new.path.parent))
 
     def _reconfigure_smoke(self, name: str, config: Any, new: LoadedConfig) -> None:
         """Re-read the smoke credentials (the file may change without the config); one that
         cannot be read keeps the previous ones (and says so, never with its content)."""
+        self._reread(name, "smoke credentials", "smoke_credentials_kept",
+                     lambda: self.smoke_credentials.configure(name, config, new.path.parent))
+
+    def _reread(self, name: str, what: str, kept: str, read: Callable[[], None]) -> None:
         try:
-            self.smoke_credentials.configure(name, config, new.path.parent)
+            read()
         except SecretError as exc:
-            log.error("smoke_credentials_kept", site=name, error=str(exc))
-            self.notifier.post(name, "reload_failed", f"smoke credentials not changed: {exc}")
+            log.error(kept, site=name, error=str(exc))
+            self.notifier.post(name, "reload_failed", f"{what} not changed: {exc}")
 
     def _reload_failed(self, problems: list[str]) -> None:
         for name in self.sites:
