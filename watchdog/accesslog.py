@@ -25,6 +25,13 @@ likewise (except HAProxy's `<NOSRV>` and nginx's `-`: requests that reached no s
 are expected, for instance while every server is down). Nothing a datagram holds can raise
 out of the receiver.
 
+For `source: traffic` (DESIGN.md §14) each mapped colour also has a `TrafficWindow`
+(`watchdog.traffic`): the last 300 seconds of its requests in fixed memory, which the traffic
+source reads in-process, with no Prometheus in between. After each batch of datagrams the
+receiver tells `on_lines` which sites had lines, at most once every `NOTIFY_EVERY` seconds per
+receiver (a batch in between is told when that time is up, never dropped), so rules with
+`for: 0s` are judged as the lines arrive.
+
 UDP drops under load: the receiver asks for a receive buffer of `RCVBUF` bytes (the kernel
 caps it at `net.core.rmem_max` unless the process may use SO_RCVBUFFORCE); `kernel_drops()`
 reads the socket's drop counter from /proc/net/udp.
@@ -56,6 +63,7 @@ from watchdog.accesslog_parse import (
 from watchdog.accesslog_routes import address, resolve_aliases, routes_from_config
 from watchdog.config import DaemonConfig
 from watchdog.metrics import Metrics
+from watchdog.traffic import TrafficWindow
 
 __all__ = [
     "RCVBUF",
@@ -80,6 +88,7 @@ SAMPLE_CHARS = 300
 DRAIN = 500  # datagrams read from the socket in one turn of the event loop, at most
 MAX_DATAGRAM = 65535
 MAX_UNKNOWN = 10_000  # unknown servers remembered as such, at most
+NOTIFY_EVERY = 0.1  # seconds between two calls of on_lines, at least
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -91,6 +100,7 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def __init__(self, receiver: AccessLogReceiver, sock: socket.socket) -> None:
         self.handle = receiver.handle
+        self.batch_done = receiver.batch_done
         self.recv = sock.recv
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -105,6 +115,7 @@ class _Protocol(asyncio.DatagramProtocol):
                 log.warning("access_log_socket_error", error=str(exc))
                 return
             handle(data)
+        self.batch_done()
 
     def error_received(self, exc: Exception) -> None:
         log.warning("access_log_socket_error", error=str(exc))
@@ -140,13 +151,19 @@ class AccessLogReceiver:
         self.format: Format = fmt
         self.metrics = metrics
         self.rcvbuf = rcvbuf
-        self.clock = clock  # for the log sampling only
+        self.clock = clock  # the log sampling's, and the seconds of the traffic windows
         self.routes = dict(routes)
         self.received = 0
         self.unparsed = 0
         self.unmapped = 0
         self._fields = FIELDS[fmt]
-        self._series: dict[bytes, Series | None] = {}  # upstream -> its series; None: unknown
+        # upstream -> its series and window; None: unknown
+        self._series: dict[bytes, tuple[Series, TrafficWindow] | None] = {}
+        self.windows: dict[tuple[str, str], TrafficWindow] = {}
+        self.on_lines: Callable[[str], None] | None = None  # a site had lines (the fast path)
+        self._dirty: set[str] = set()
+        self._told_at = -NOTIFY_EVERY
+        self._timer: asyncio.TimerHandle | None = None
         self._by_key: dict[bytes, tuple[str, str]] = {
             k.encode(): v for k, v in self.routes.items()
         }
@@ -211,6 +228,9 @@ class AccessLogReceiver:
 
     async def stop(self) -> None:
         transport, self._transport = self._transport, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if transport is None:
             return
         stats = self.stats()
@@ -247,23 +267,26 @@ class AccessLogReceiver:
                 self._reject("unparsed", data)
                 return
             upstream, status, seconds = fields
-            series = self._series.get(upstream)
-            if series is None:
-                series = self._lookup(upstream)
-                if series is None:
+            found = self._series.get(upstream)
+            if found is None:
+                found = self._lookup(upstream)
+                if found is None:
                     self.unmapped += 1
                     if upstream != b"-" and not upstream.endswith(b"/<NOSRV>"):
                         self._reject("unmapped", data)
                     return
+            series, window = found
             # Straight into the Series: a method call would cost a tenth of the line.
             series.codes[status] += 1
             if seconds is not None:
                 series.buckets[bisect_left(series.bounds, seconds)] += 1
                 series.sum += seconds
+            window.add(int(self.clock()), status, seconds)
+            self._dirty.add(series.site)
         except Exception as exc:  # a line must never take the receiver down
             self._reject("unparsed", data, exc)
 
-    def _lookup(self, upstream: bytes) -> Series | None:
+    def _lookup(self, upstream: bytes) -> tuple[Series, TrafficWindow] | None:
         if upstream in self._series:
             return None  # known to be unmapped
         target = self._by_key.get(upstream)
@@ -271,8 +294,39 @@ class AccessLogReceiver:
             if len(self._series) < MAX_UNKNOWN:  # unknown servers must not grow it unbounded
                 self._series[upstream] = None
             return None
-        series = self._series[upstream] = self.metrics.access_log.series(*target)
-        return series
+        found = self._series[upstream] = (self.metrics.access_log.series(*target),
+                                          self.window(*target))
+        return found
+
+    def window(self, site: str, color: str) -> TrafficWindow:
+        """The traffic window of (site, colour), made on first use."""
+        window = self.windows.get((site, color))
+        if window is None:
+            window = self.windows[site, color] = TrafficWindow()
+        return window
+
+    def batch_done(self) -> None:
+        """After a batch of datagrams: tell `on_lines` the sites that had lines, now if the
+        last call was `NOTIFY_EVERY` ago or more, else when that time is up."""
+        if not self._dirty or self.on_lines is None or self._timer is not None:
+            return
+        wait = self._told_at + NOTIFY_EVERY - self.clock()
+        if wait <= 0:
+            self._tell()
+            return
+        self._timer = asyncio.get_running_loop().call_later(wait, self._tell)
+
+    def _tell(self) -> None:
+        self._timer = None
+        self._told_at = self.clock()
+        sites, self._dirty = self._dirty, set()
+        if self.on_lines is None:
+            return
+        for site in sorted(sites):
+            try:
+                self.on_lines(site)
+            except Exception:  # the fast path must never take the receiver down
+                log.exception("access_log_on_lines_failed", site=site)
 
     def _reject(self, kind: Literal["unparsed", "unmapped"], data: bytes,
                 exc: Exception | None = None) -> None:

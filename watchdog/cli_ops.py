@@ -161,6 +161,10 @@ def render_site(site: dict[str, Any]) -> str:
             value = "no data" if r["value"] is None else f"{r['value']:.4g}"
             lines.append(f"  {r['name']:<20}{r['color']:<8}{r['state']:<9}{value:>12}  "
                          f"{r['threshold']:<16}{format_duration(r['for']):<6}{r['on_fire']:<9}")
+            if r.get("samples"):  # source: traffic: what it compared, and the judge's p
+                seen = ", ".join(f"{c} {n}" for c, n in r["samples"].items())
+                judged = f", p={r['p_value']:.3g}" if r.get("p_value") is not None else ""
+                lines.append(f"    requests: {seen}{judged}")
     servers = site.get("router", {}).get("servers") or {}
     if servers:  # after the rules: the proxy's own checks, which can hold a rollout too
         lines.append("  proxy checks: " + ", ".join(

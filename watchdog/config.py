@@ -41,6 +41,7 @@ from watchdog.rulefiles import (
     PrometheusRule,
     Rule,
     RuleOrigin,
+    TrafficRule,
     load_rule_file,
     rule_paths,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "SiteConfig",
     "SmokeCheck",
     "SmokeSettings",
+    "TrafficRule",
     "WeightStep",
     "check_template",
     "is_loopback",
@@ -534,6 +536,9 @@ def _cross_check(rule: AnyRule, config: DaemonConfig, doc: Document, index: int)
             out.append(Problem(doc.file, line,
                                f"rule {rule.name!r}: unknown site {named!r} (sites: {known})"))
     line = doc.line_of(("rules", index, "source"))
+    if isinstance(rule, TrafficRule) and config.access_log is None:
+        out.append(Problem(doc.file, line, f"rule {rule.name!r} reads the proxy's access log "
+                           "(source: traffic), but the config has no access_log: section"))
     for site_name, site in config.sites.items():
         if rule.applies_to(site_name):
             out.extend(Problem(doc.file, line, text)

@@ -43,6 +43,7 @@ from watchdog.site import SiteRuntime
 from watchdog.siterouter import SiteRouter
 from watchdog.smoke import SmokeCredentials
 from watchdog.sources import Target, create_all
+from watchdog.sources.traffic import TrafficSource
 from watchdog.store import Store, StoreError
 
 log = structlog.get_logger("odoo_watchdog")
@@ -77,8 +78,14 @@ class Daemon:
         # Secrets (url_file) are read now: a missing one stops the start with a clear error.
         self.notifier = notify.Notifier(notify.resolve(loaded.config.notify, loaded.path.parent),
                                         clock)
-        self.rules = RuleManager(loaded, create_all(loaded.config), self.metrics,
-                                 self.notifier.post, clock)
+        sources = create_all(loaded.config)
+        sources["traffic"] = TrafficSource(self.access_log)  # the receiver's own windows
+        self.rules = RuleManager(loaded, sources, self.metrics, self.notifier.post, clock)
+        # Sites whose lines the fast path judges now, and those with lines since it began.
+        self._judging: set[str] = set()
+        self._lines_again: set[str] = set()
+        if self.access_log is not None:
+            self.access_log.on_lines = self._lines_arrived
         self.sites: dict[str, SiteRuntime] = {}
         self.preparer = Preparer(self.metrics, self.store, self.step_done, clock)
         self.smoke_credentials = SmokeCredentials()  # smoke_settings.credentials_file, per site
@@ -177,7 +184,7 @@ class Daemon:
     async def _tick(self, runtime: SiteRuntime) -> None:
         # Measure without the lock (it may take up to a source's timeout), decide with it.
         state, name = runtime.state, runtime.name
-        target = Target.of(name, runtime.config, state.target)
+        target = Target.of(name, runtime.config, state.target, state.weights)
         measured = await self.rules.measure(name, target, state.phase.value)
         # The proxy's checks as of the last read-back (at most one interval old).
         checked = (await preflight.run(runtime.config, state.rollout, runtime.router.health,
@@ -251,6 +258,40 @@ class Daemon:
                                                         runtime.router.actual))
             await self._commit(runtime, decision)
             return decision
+
+    def _lines_arrived(self, name: str) -> None:
+        """The receiver had lines for `name` (at most every 100 ms): judge its `for: 0s`
+        traffic rules on them now, one judgement per site at a time."""
+        if name not in self.sites or not self.rules.fast_rules(name):
+            return
+        if name in self._judging:
+            self._lines_again.add(name)
+            return
+        self._judging.add(name)
+        self._spawn(self._judge_lines(name))
+
+    async def _judge_lines(self, name: str) -> None:
+        """The fast path (DESIGN.md §14): a traffic rule that fires on the lines just received
+        goes to the webhook's decision path at once, without waiting for the tick."""
+        try:
+            while True:
+                self._lines_again.discard(name)
+                runtime = self.sites[name]
+                state = runtime.state
+                target = Target.of(name, runtime.config, state.target, state.weights)
+                firing = self.rules.measure_fast(name, target, state.phase.value)
+                acting = [v for v in firing if v.on_fire in ("rollback", "pause")]
+                if acting and (state.active or state.previous is not None):
+                    decision = await self.decide_now(name)
+                    if decision.changed:
+                        log.info("decided_on_lines", site=name,
+                                 rules=[v.name for v in acting], phase=decision.state.phase.value)
+                if name not in self._lines_again:
+                    return
+        except Exception:  # a bug must not stop the receiver's fast path for good
+            log.exception("judge_lines_failed", site=name)
+        finally:
+            self._judging.discard(name)
 
     async def receive_alerts(self, payload: Any) -> Receipt:
         """An Alertmanager webhook; PayloadError (a 400) when it is not one."""

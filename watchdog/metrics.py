@@ -44,6 +44,14 @@ class Metrics:
                                        ["site", "rule"], registry=r)
         self.rule_value = Gauge("odoo_watchdog_rule_value", "Last measured value of a rule",
                                 ["site", "rule", "color"], registry=r)
+        # Rules that compare two colours (source: traffic): each colour's requests in the
+        # window (color: whose requests), and a judge's one-sided p-value (color: the target).
+        self.rule_samples = Gauge("odoo_watchdog_rule_samples",
+                                  "Requests in a traffic rule's window, per colour read",
+                                  ["site", "rule", "color"], registry=r)
+        self.rule_p_value = Gauge("odoo_watchdog_rule_p_value",
+                                  "A judge rule's one-sided p-value (candidate worse than live)",
+                                  ["site", "rule", "color"], registry=r)
         self.rule_state = Gauge("odoo_watchdog_rule_state",
                                 "0 ok, 1 pending, 2 firing, 3 holding",
                                 ["site", "rule", "color"], registry=r)

@@ -25,12 +25,14 @@ __all__ = [
     "DEFAULT_LOG_PATTERN",
     "AnyRule",
     "HttpRule",
+    "JudgeSpec",
     "LogsRule",
     "PrometheusRule",
     "Rule",
     "RuleBase",
     "RuleFile",
     "RuleOrigin",
+    "TrafficRule",
     "load_rule_file",
     "rule_paths",
 ]
@@ -71,11 +73,14 @@ class RuleBase(Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> RuleBase:
+        self.check_bounds()
+        return self
+
+    def check_bounds(self) -> None:
         if self.min is None and self.max is None:
             raise ValueError("needs a threshold: min, max or both")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
-        return self
 
     def threshold_text(self) -> str:
         parts = []
@@ -142,7 +147,73 @@ class HttpRule(RuleBase):
         return check_template(value)
 
 
-AnyRule = PrometheusRule | LogsRule | HttpRule
+# The longest window of a traffic rule: what the receiver keeps (watchdog.traffic.HISTORY).
+TRAFFIC_HISTORY = 300.0
+Measure = Literal["error_rate", "p50", "p95", "p99", "rps", "latency"]
+Test = Literal["mann_whitney", "proportions"]
+_TEST_OF: dict[str, Test] = {"latency": "mann_whitney", "error_rate": "proportions"}
+
+
+class JudgeSpec(Strict):
+    """`judge:` of a traffic rule: the candidate against the live colour (watchdog.judge)."""
+
+    test: Test
+    max_ratio: float = Field(1.0, gt=0)
+    confidence: float = Field(0.99, gt=0, lt=1)
+
+
+class TrafficRule(RuleBase):
+    """`source: traffic` (DESIGN.md §14): the receiver's own per-colour requests, no
+    Prometheus. A threshold on `measure`, or on candidate / live (`relative_to: live`), or
+    a statistical `judge:` of the two colours."""
+
+    source: Literal["traffic"]
+    measure: Measure
+    window: Duration = Field(60.0, gt=0, le=TRAFFIC_HISTORY)
+    min_requests: int = Field(20, ge=1)
+    relative_to: Literal["live"] | None = None
+    judge: JudgeSpec | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TrafficRule:
+        if self.judge is not None:
+            if self.min is not None or self.max is not None:
+                raise ValueError("a judge takes no min or max: it breaches when the test finds "
+                                 "the candidate worse (confidence) by more than max_ratio")
+            if self.relative_to is not None:
+                raise ValueError("judge and relative_to both compare with the live colour: "
+                                 "use one")
+            wanted = _TEST_OF.get(self.measure)
+            if wanted != self.judge.test:
+                hint = (f"measure {self.measure} is judged with test {wanted}" if wanted
+                        else "a judge needs measure latency (mann_whitney) or error_rate "
+                             "(proportions)")
+                raise ValueError(f"judge test {self.judge.test} does not fit measure "
+                                 f"{self.measure}: {hint}")
+            return self
+        if self.measure == "latency":
+            raise ValueError("measure latency is the per-request sample a judge compares; for "
+                             "a threshold use p50, p95 or p99")
+        if self.relative_to is not None and self.measure == "rps":
+            raise ValueError("rps relative to live only repeats the split of the weights: "
+                             "compare error_rate or a latency quantile")
+        self.check_bounds()
+        return self
+
+    def threshold_text(self) -> str:
+        if self.judge is not None:
+            return (f"not worse than live by x{self.judge.max_ratio:g} at "
+                    f"{self.judge.confidence:g} confidence ({self.judge.test})")
+        text = super().threshold_text()
+        return f"candidate/live {text}" if self.relative_to else text
+
+    @property
+    def compares(self) -> bool:
+        """True when the rule reads the live colour too (relative_to or judge)."""
+        return self.judge is not None or self.relative_to is not None
+
+
+AnyRule = PrometheusRule | LogsRule | HttpRule | TrafficRule
 Rule = Annotated[AnyRule, Field(discriminator="source")]
 
 

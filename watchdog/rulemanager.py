@@ -24,12 +24,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from watchdog.config import COLORS, DaemonConfig, LoadedConfig
-from watchdog.measurement import Measurement
+from watchdog.config import COLORS, DaemonConfig, LoadedConfig, TrafficRule
+from watchdog.measurement import Comparison, Measurement
 from watchdog.metrics import Metrics
 from watchdog.rollout import RuleView
 from watchdog.rules import Outcome, RuleStatus, State, evaluate
 from watchdog.sources import Source, Target, measure_all
+from watchdog.sources.traffic import TrafficSource
 
 log = structlog.get_logger("odoo_watchdog")
 
@@ -76,17 +77,22 @@ def restart_needed(old: DaemonConfig, new: DaemonConfig) -> list[str]:
 
 def status_to_json(status: RuleStatus) -> dict[str, Any]:
     value = status.value if status.value is not None and math.isfinite(status.value) else None
-    return {"state": status.state.label, "since": status.since,
-            "changed_at": status.changed_at,
-            "outcome": status.outcome.value if status.outcome else None, "value": value,
-            "detail": status.detail, "evaluated_at": status.evaluated_at}
+    out: dict[str, Any] = {
+        "state": status.state.label, "since": status.since, "changed_at": status.changed_at,
+        "outcome": status.outcome.value if status.outcome else None, "value": value,
+        "detail": status.detail, "evaluated_at": status.evaluated_at}
+    if status.comparison is not None:
+        out["comparison"] = status.comparison.as_json()
+    return out
 
 
 def status_from_json(data: dict[str, Any]) -> RuleStatus:
     outcome = data.get("outcome")
+    compared = data.get("comparison")
     return RuleStatus(State[str(data["state"]).upper()], data.get("since"),
                       data.get("changed_at"), Outcome(outcome) if outcome else None,
-                      data.get("value"), str(data.get("detail", "")), data.get("evaluated_at"))
+                      data.get("value"), str(data.get("detail", "")), data.get("evaluated_at"),
+                      Comparison.from_json(compared) if isinstance(compared, dict) else None)
 
 
 class RuleManager:
@@ -119,24 +125,52 @@ class RuleManager:
         started = time.monotonic()
         measurements = await measure_all(self.sources, rules, target)
         now = self.clock()
-        statuses = self.statuses.setdefault(site, {})
         current = {r.name for r in self.rules_for(site)}  # a reload may have removed one
         out: dict[str, RuleView] = {}
         for rule, m in zip(rules, measurements, strict=True):
-            if rule.name not in current:
-                continue
-            before = statuses.get((rule.name, color), RuleStatus())
-            after = evaluate(rule, before, m, now)
-            statuses[(rule.name, color)] = after
-            self._series(site, rule, color, after, m, time.monotonic() - started)
-            if after.state is not before.state:
-                self._changed(site, rule, color, before, after, m, phase)
-            out[rule.name] = rule_view(rule, after)
+            if rule.name in current:
+                after = self._judged(site, rule, color, m, now, phase, started)
+                out[rule.name] = rule_view(rule, after)
+        statuses = self.statuses.setdefault(site, {})
         # The other colour is not measured now: forget its states and series, so neither the
         # API nor the metrics keep showing a colour's last state as current.
         for key in [k for k in statuses if k[1] != color]:
             self.forget(site, *key)
         return out
+
+    def fast_rules(self, site: str) -> list[TrafficRule]:
+        """The site's rules judged as access-log lines arrive: `source: traffic`, `for: 0s`."""
+        return [r for r in self.rules_for(site)
+                if isinstance(r, TrafficRule) and r.for_ == 0]
+
+    def measure_fast(self, site: str, target: Target, phase: str) -> list[RuleView]:
+        """Measure and judge the site's fast rules now, in-process (no await: no tick sees it
+        half done); the views of those that fire."""
+        source = self.sources.get("traffic")
+        rules = self.fast_rules(site)
+        if not isinstance(source, TrafficSource) or not rules:
+            return []
+        started = time.monotonic()
+        now = self.clock()
+        firing = []
+        for rule in rules:
+            after = self._judged(site, rule, target.color, source.measure_now(rule, target),
+                                 now, phase, started)
+            if after.state is State.FIRING:
+                firing.append(rule_view(rule, after))
+        return firing
+
+    def _judged(self, site: str, rule: Any, color: str, m: Measurement, now: float,
+                phase: str, started: float) -> RuleStatus:
+        """Judge one measurement, keep the new state, export it, log a change."""
+        statuses = self.statuses.setdefault(site, {})
+        before = statuses.get((rule.name, color), RuleStatus())
+        after = evaluate(rule, before, m, now)
+        statuses[(rule.name, color)] = after
+        self._series(site, rule, color, after, m, time.monotonic() - started)
+        if after.state is not before.state:
+            self._changed(site, rule, color, before, after, m, phase)
+        return after
 
     def _changed(self, site: str, rule: Rule, color: str, before: RuleStatus,
                  after: RuleStatus, m: Measurement, phase: str) -> None:
@@ -157,6 +191,15 @@ class RuleManager:
         self.metrics.rule_state.labels(site, rule.name, color).set(int(status.state))
         value = status.value if status.value is not None else math.nan
         self.metrics.rule_value.labels(site, rule.name, color).set(value)
+        compared = m.comparison
+        if compared is not None:
+            for whose, count in compared.samples:
+                self.metrics.rule_samples.labels(site, rule.name, whose).set(count)
+            if compared.p_value is not None:
+                self.metrics.rule_p_value.labels(site, rule.name, color).set(compared.p_value)
+                return
+        with contextlib.suppress(KeyError):  # not judged now (skipped, no data): no p-value
+            self.metrics.rule_p_value.remove(site, rule.name, color)
 
     def views(self, site: str, color: str) -> dict[str, RuleView]:
         """The last known view of each rule for `color`, without measuring."""
@@ -192,7 +235,8 @@ class RuleManager:
 
     def forget(self, site: str, rule: str, color: str) -> None:
         self.statuses.get(site, {}).pop((rule, color), None)
-        for gauge in (self.metrics.rule_state, self.metrics.rule_value):
+        for gauge in (self.metrics.rule_state, self.metrics.rule_value,
+                      self.metrics.rule_samples, self.metrics.rule_p_value):
             with contextlib.suppress(KeyError):
                 gauge.remove(site, rule, color)
 

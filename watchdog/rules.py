@@ -5,6 +5,8 @@ with a fake clock. The meaning follows Prometheus alerting rules, which operator
 
 - a rule is `pending` from its first breach and `firing` once breaches have lasted `for`;
 - one `ok` measurement clears it;
+- `skipped` (a rule that compares with a live colour that has no traffic, DESIGN.md §14)
+  counts as ok: it neither holds nor fires;
 - `no_data` and `error` follow the rule's `no_data:` policy: `ok` clears, `breach` counts as
   a breach, `hold` keeps the rule where it is (an ok rule becomes `holding`). A rollout never
   advances while any rule is pending, firing or holding: missing data never promotes.
@@ -17,7 +19,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import Protocol
 
-from watchdog.measurement import Measurement
+from watchdog.measurement import Comparison, Measurement
 
 
 class Outcome(StrEnum):
@@ -27,6 +29,7 @@ class Outcome(StrEnum):
     BREACH = "breach"
     NO_DATA = "no_data"
     ERROR = "error"
+    SKIPPED = "skipped"
 
 
 class State(IntEnum):
@@ -66,12 +69,18 @@ class RuleStatus:
     value: float | None = None
     detail: str = ""
     evaluated_at: float | None = None
+    comparison: Comparison | None = None
 
 
 def judge(rule: Thresholds, measurement: Measurement) -> Outcome:
-    """ok / breach / no_data / error for one measurement; breach is `value > max` or `< min`."""
+    """ok / breach / no_data / error / skipped for one measurement; breach is `value > max`
+    or `< min`, or the judge's own verdict when the measurement carries one."""
     if measurement.error is not None:
         return Outcome.ERROR
+    if measurement.skipped:
+        return Outcome.SKIPPED
+    if measurement.breach is not None:
+        return Outcome.BREACH if measurement.breach else Outcome.OK
     value = measurement.value
     if value is None or math.isnan(value):
         return Outcome.NO_DATA
@@ -89,9 +98,9 @@ def evaluate(
     outcome = judge(rule, measurement)
     seen = replace(
         status, outcome=outcome, value=measurement.value, detail=measurement.detail,
-        evaluated_at=now,
+        evaluated_at=now, comparison=measurement.comparison,
     )
-    effective = outcome
+    effective = Outcome.OK if outcome is Outcome.SKIPPED else outcome
     if outcome in (Outcome.NO_DATA, Outcome.ERROR):
         policy = rule.no_data
         if policy == "ok":

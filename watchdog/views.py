@@ -79,6 +79,9 @@ def rule_row(rule: Rule, color: str, status: RuleStatus) -> dict[str, Any]:
         "outcome": status.outcome.value if status.outcome else None,
         "threshold": rule.threshold_text(), "for": rule.for_, "on_fire": rule.on_fire,
         "since": status.since, "detail": status.detail,
+        # source: traffic: each colour's requests in the window; a judge's p-value and ratio.
+        **({"samples": dict(status.comparison.samples), "p_value": status.comparison.p_value,
+            "ratio": status.comparison.as_json()["ratio"]} if status.comparison else {}),
     }
 
 

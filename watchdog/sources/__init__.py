@@ -1,6 +1,6 @@
 """Measurement sources, one module per `source:` kind, behind one small protocol."""
 
-from watchdog.sources import http, logs, prometheus
+from watchdog.sources import http, logs, prometheus, traffic
 from watchdog.sources.base import (
     Source,
     Target,
@@ -22,4 +22,5 @@ __all__ = [
     "measure_all",
     "prometheus",
     "register",
+    "traffic",
 ]

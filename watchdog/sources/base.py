@@ -41,6 +41,10 @@ class Target:
     container: str | None = None
     log_file: Path | None = None
     syslog: Path | None = None
+    # The other colour and its weight in force (None: not known), for the rules that compare
+    # the target with it (source: traffic, relative_to / judge).
+    peer: str | None = None
+    peer_weight: int | None = None
 
     def variables(self) -> dict[str, str]:
         return {
@@ -54,8 +58,10 @@ class Target:
         }
 
     @classmethod
-    def of(cls, name: str, site: SiteConfig, color: str) -> Target:
+    def of(cls, name: str, site: SiteConfig, color: str,
+           weights: Mapping[str, int] | None = None) -> Target:
         spec = site.colors[color]
+        peer = next((c for c in site.colors if c != color), None)
         return cls(
             site=name,
             color=color,
@@ -66,6 +72,8 @@ class Target:
             container=spec.container,
             log_file=spec.log_file,
             syslog=spec.syslog,
+            peer=peer,
+            peer_weight=None if weights is None or peer is None else weights.get(peer, 0),
         )
 
 
