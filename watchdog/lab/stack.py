@@ -67,6 +67,8 @@ class LabStack:
         access_log: bool = False,
         notify_url: str | None = None,
         site_extra: dict[str, Any] | None = None,
+        prometheus: bool = True,
+        rules: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.interval = interval
@@ -80,6 +82,10 @@ class LabStack:
         self.window = window
         self.token = token if token is not None else secrets.token_hex(16)
         self.extra_rules = extra_rules
+        # Without Prometheus (DESIGN.md §14): no Prometheus runs and the config has no
+        # `prometheus:` section; `rules` (a rule file's text) replaces LAB_RULES.
+        self.with_prometheus = prometheus
+        self.base_rules = rules
         # HAProxy access logs over UDP syslog to the daemon (docs/configuration.md, access_log)
         self.syslog_port = free_udp_port() if access_log else None
         self.notify_url = notify_url
@@ -104,27 +110,30 @@ class LabStack:
         self.haproxy = HaproxyLab(self.workdir / "haproxy", self.blue.port, self.green.port,
                                   syslog_port=self.syslog_port)
         self.haproxy.start()
-        self.prometheus = PrometheusLab(self.workdir / "prometheus", scrape_interval=self.scrape,
-                                        jobs=[ScrapeJob("haproxy", [f"127.0.0.1:"
-                                                                    f"{self.haproxy.port}"])])
-        self.prometheus.start()
-        self.prometheus.wait_scraped("haproxy")
+        if self.with_prometheus:
+            self.prometheus = PrometheusLab(
+                self.workdir / "prometheus", scrape_interval=self.scrape,
+                jobs=[ScrapeJob("haproxy", [f"127.0.0.1:{self.haproxy.port}"])])
+            self.prometheus.start()
+            self.prometheus.wait_scraped("haproxy")
         self.write_config()
         if daemon:
             self.start_daemon()
         return self
 
     def write_config(self) -> None:
-        assert self.haproxy is not None and self.prometheus is not None
+        assert self.haproxy is not None
+        assert self.prometheus is not None or not self.with_prometheus
         self.token_path.write_text(self.token + "\n")
         self.token_path.chmod(0o600)
-        self.rules_path.write_text(LAB_RULES.format(
+        base = self.base_rules if self.base_rules is not None else LAB_RULES.format(
             window=self.window, error_for=self.error_for, health_for=self.health_for)
-            + self.extra_rules)
+        self.rules_path.write_text(base + self.extra_rules)
         config = {
             "api": {"listen": f"127.0.0.1:{self.api_port}", "token_file": str(self.token_path)},
             "state_dir": str(self.workdir / "state"),
-            "prometheus": {"url": self.prometheus.url, "timeout": "2s"},
+            **({"prometheus": {"url": self.prometheus.url, "timeout": "2s"}}
+               if self.prometheus is not None else {}),
             "rule_files": [str(self.rules_path)],
             **({"access_log": {"listen": f"127.0.0.1:{self.syslog_port}", "format": "haproxy"}}
                if self.syslog_port else {}),
