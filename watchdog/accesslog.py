@@ -110,10 +110,10 @@ class _Protocol(asyncio.DatagramProtocol):
             try:
                 data = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # ICMP errors and the like: the transport reports them
                 log.warning("access_log_socket_error", error=str(exc))
-                return
+                break
             handle(data)
         self.batch_done()
 
