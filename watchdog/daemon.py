@@ -248,14 +248,16 @@ class Daemon:
         return {**self.alerts.views(runtime.name, target, self.loaded.config.alertmanager.on_fire,
                                     self.clock()), **runtime.router.views(target)}
 
-    async def decide_now(self, name: str) -> Decision:
+    async def decide_now(self, name: str, previous_healthy: bool | None = None) -> Decision:
         """A decision on what is known now (last rule states, firing alerts), without
-        measuring: the Alertmanager webhook's fast path to a rollback."""
+        measuring: the Alertmanager webhook's fast path to a rollback (and the access log's;
+        it probes the previous colour first when a failback may follow)."""
         runtime = self.sites[name]
         async with runtime.lock:
             rules = {**self.rules.views(name, runtime.state.target), **self._known_views(runtime)}
             decision = rollout.tick(runtime.state, Tick(self.clock(), rules,
-                                                        runtime.router.actual))
+                                                        runtime.router.actual,
+                                                        previous_healthy=previous_healthy))
             await self._commit(runtime, decision)
             return decision
 
@@ -281,8 +283,11 @@ class Daemon:
                 target = Target.of(name, runtime.config, state.target, state.weights)
                 firing = self.rules.measure_fast(name, target, state.phase.value)
                 acting = [v for v in firing if v.on_fire in ("rollback", "pause")]
-                if acting and (state.active or state.previous is not None):
-                    decision = await self.decide_now(name)
+                if acting and (state.active or state.can_fail_back(self.clock())):
+                    healthy = (await preflight.previous_healthy(runtime.config, state,
+                                                                self.clock())
+                               if not state.active else None)
+                    decision = await self.decide_now(name, healthy)
                     if decision.changed:
                         log.info("decided_on_lines", site=name,
                                  rules=[v.name for v in acting], phase=decision.state.phase.value)
