@@ -4,7 +4,7 @@ A ```yaml block must be preceded (on the line before the fence, blank lines allo
 that says what it is; a block without one fails, so no example escapes checking:
 
 - `<!-- check: config -->`: a whole daemon config. It is written as `watchdog.yml` next to a
-  copy of the shipped `rules/`, so `rule_files: [rules/*.yml]` finds real rules.
+  copy of the shipped `rules/`, so `rule_files: [rules/odoo.yml]` finds real rules.
 - `<!-- check: rules -->`: a rule file. It is written as `rules/example.yml` and named by
   `MINIMAL_CONFIG` (one site `odoo`, whose colours have containers, so logs rules load).
 - `<!-- check: fragment -->`: some top-level keys of a config (`sites:`, `notify:` ...). Each
@@ -32,7 +32,8 @@ MIN_BLOCKS = 11
 MINIMAL_CONFIG = {
     "api": {"listen": "127.0.0.1:9721"},
     "state_dir": "state",
-    "rule_files": ["rules/*.yml"],
+    "rule_files": ["rules/odoo.yml"],
+    "access_log": {"listen": "127.0.0.1:5140"},  # for the examples of source: traffic
     "sites": {
         "odoo": {
             "router": {"kind": "haproxy", "socket": "/run/haproxy/admin.sock",
@@ -120,7 +121,7 @@ def test_yaml_example_is_valid(block: Block, tmp_path: Path) -> None:
     elif block.kind == "rules":
         shutil.rmtree(tmp_path / "rules")
         (tmp_path / "rules").mkdir()
-        (tmp_path / "rules" / "example.yml").write_text(block.text)
+        (tmp_path / "rules" / "odoo.yml").write_text(block.text)  # the file the config names
         config.write_text(dump(MINIMAL_CONFIG))
     else:
         assert isinstance(data, dict), f"{block.id}: a fragment is a mapping of top-level keys"

@@ -307,7 +307,7 @@ def test_alertmanager_webhook_reads_the_token_from_a_compose_secret() -> None:
 # ---------------------------------------------------------------------- 4. the daemon config
 
 def test_compose_daemon_config_passes_odoo_watchdog_check(tmp_path: Path) -> None:
-    # `rule_files: [rules/*.yml]` is relative to the config file, and in the stack the config
+    # `rule_files: [rules/odoo.yml]` is relative to the config file, and in the stack the config
     # is /etc/odoo-watchdog/watchdog.yml with ./rules mounted at /etc/odoo-watchdog/rules. In
     # the repo it lives in deploy/compose/, which has no rules/ next to it, so the check runs
     # on a copy placed beside a copy of rules/: the same layout as in the container.
@@ -330,7 +330,7 @@ def test_compose_daemon_config_matches_the_compose_mounts() -> None:
     mounts = dict(local_mounts(service))
     config_target = Path(mounts["./deploy/compose/watchdog.yml"])
     assert config_target == Path("/etc/odoo-watchdog/watchdog.yml")  # the ENTRYPOINT's -c
-    assert config["rule_files"] == ["rules/*.yml"]
+    assert config["rule_files"] == ["rules/odoo.yml"]
     assert Path(mounts["./rules"]) == config_target.parent / "rules"
     token = config["api"]["token_file"]
     assert token.startswith("/run/secrets/")
