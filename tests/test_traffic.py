@@ -301,3 +301,41 @@ async def test_receiver_feeds_windows_and_tells_sites_at_most_every_100ms() -> N
     assert 6 <= len(told) <= 13, told  # about 10 in a second, not one per line
     assert min(gaps) >= NOTIFY_EVERY * 0.9
     assert told[-1][0] - started >= 0.95  # the last lines were told too, not dropped
+
+
+# ---------------------------------------------------------------- the shipped rules
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SITE = """\
+sites:
+  odoo:
+    router: {kind: haproxy, socket: /run/haproxy/admin.sock, backend: odoo}
+    colors:
+      blue: {server: odoo-blue, url: "http://127.0.0.1:8069"}
+      green: {server: odoo-green, url: "http://127.0.0.1:9069"}
+"""
+
+
+def test_access_log_and_no_prometheus_section_is_a_valid_config(tmp_path: Path) -> None:
+    from watchdog.config import load
+
+    config = tmp_path / "watchdog.yml"
+    config.write_text(f"rule_files: [{ROOT / 'rules' / 'traffic.yml'}]\n"
+                      "access_log: {listen: '127.0.0.1:5140'}\n" + SITE)
+    loaded = load(config)
+    assert "prometheus" not in config.read_text()
+    sources = {r.source for r in loaded.rules}
+    assert sources <= {"traffic", "http"} and "traffic" in sources  # nothing reads Prometheus
+    judged = {r.judge.test for r in loaded.rules if isinstance(r, TrafficRule) and r.judge}
+    assert judged == {"proportions", "mann_whitney"}
+
+
+def test_traffic_rules_without_access_log_name_what_is_missing(tmp_path: Path) -> None:
+    from watchdog.config import load
+
+    config = tmp_path / "watchdog.yml"
+    config.write_text(f"rule_files: [{ROOT / 'rules' / 'traffic.yml'}]\n" + SITE)
+    with pytest.raises(ConfigError) as info:
+        load(config)
+    assert "(source: traffic), but the config has no access_log: section" in str(info.value)
