@@ -2,12 +2,15 @@
 
 Two Odoo stand-ins (blue 16.0, green 17.0) behind a real HAProxy 2.6, Prometheus 2.42 scraping
 HAProxy's exporter every second, constant load through the proxy, and the odoo-watchdog daemon
-as a real process. Three rollouts:
+as a real process. Four rollouts:
 
 1. blue -> green, 10% -> 50% -> 100%, bake, promoted;
 2. green -> blue, where blue starts answering 30% HTTP 500 at 50%: the daemon rolls back;
 3. in a fresh lab with PostgreSQL 15, blue (Odoo 16.0) -> green (17.0) with the database
-   prepared first: backup, clone, migrate, gate (watchdog/lab/demo_database.py).
+   prepared first: backup, clone, migrate, gate (watchdog/lab/demo_database.py);
+4. in a fresh lab WITHOUT Prometheus, HAProxy's access log to the daemon and the rules of
+   rules/traffic.yml: green breaks at 10% and the daemon rolls back from the access-log lines
+   as they arrive (watchdog/lab/demo_traffic.py).
 
 Every decision the daemon takes is printed as it happens, from its own audit log.
 """
@@ -26,6 +29,7 @@ from typing import Any
 from watchdog.client import ApiError
 from watchdog.config import SiteConfig
 from watchdog.lab.demo_database import database_act
+from watchdog.lab.demo_traffic import traffic_act
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
 from watchdog.lab.standin import set_faults
@@ -180,6 +184,14 @@ async def scenario(workdir: Path) -> int:
         say(f"the demo failed: {exc}")
         return 1
     say("stopped PostgreSQL, the daemon, Prometheus, HAProxy and the stand-ins (by pid)")
+    if code != 0:
+        return code
+    try:
+        code = await traffic_act(workdir / "act4", Watcher)
+    except (ApiError, TimeoutError, RuntimeError) as exc:
+        say(f"the demo failed: {exc}")
+        return 1
+    say("stopped the daemon, HAProxy and the stand-ins of rollout 4 (by pid; no Prometheus ran)")
     return code
 
 
