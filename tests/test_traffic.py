@@ -339,3 +339,34 @@ def test_traffic_rules_without_access_log_name_what_is_missing(tmp_path: Path) -
     with pytest.raises(ConfigError) as info:
         load(config)
     assert "(source: traffic), but the config has no access_log: section" in str(info.value)
+
+
+def test_latency_judge_needs_the_medians_apart_by_min_difference() -> None:
+    # Whole milliseconds, as HAProxy logs them: 2 ms against 1 ms is "twice as slow" and,
+    # with hundreds of requests, significant; it is one millisecond.
+    windows = FakeWindows()
+    for color, ms, n in (("green", 0.002, 10), ("blue", 0.001, 90)):
+        window = windows.window("odoo", color)
+        for second in range(int(windows.now) - 59, int(windows.now) + 1):
+            for _ in range(n):
+                window.add(second, b"200", ms)
+    floor = rule(measure="latency", window="1m", judge={"test": "mann_whitney", "max_ratio": 1.2})
+    m = TrafficSource(windows).measure_now(floor, target())
+    assert m.breach is False and m.value == pytest.approx(2.0)
+    assert "not more than min_difference 5 ms" in m.detail
+    bare = rule(measure="latency", window="1m",
+                judge={"test": "mann_whitney", "max_ratio": 1.2, "min_difference": "0s"})
+    assert TrafficSource(windows).measure_now(bare, target()).breach is True
+
+
+def test_min_difference_is_refused_on_a_proportions_judge() -> None:
+    with pytest.raises(ValueError, match="min_difference is a latency"):
+        rule(measure="error_rate", judge={"test": "proportions", "min_difference": "5ms"})
+
+
+def test_an_infinite_ratio_survives_the_stored_memory() -> None:
+    from watchdog.measurement import Comparison
+
+    stored = Comparison((("green", 3), ("blue", 9)), 0.004, math.inf).as_json()
+    assert stored["ratio"] == "inf"
+    assert Comparison.from_json(stored).ratio == math.inf

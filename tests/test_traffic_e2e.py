@@ -559,11 +559,6 @@ def exported_samples(metrics: Metrics) -> dict[str, float]:
                                 rule="error_vs_live", color=color)) is not None}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: RuleManager._series (watchdog/rulemanager.py) sets odoo_watchdog_rule_samples "
-    "only from a measurement with a comparison and never removes it otherwise, so once a rule "
-    "is skipped (the live colour at weight 0: a 100% step, the bake, after promotion) the gauge "
-    "keeps the sample sizes of its last comparison, while the p-value is removed"))
 def test_a_skipped_judge_exports_no_stale_sample_sizes(tmp_path: Path) -> None:
     windows = FilledWindows(1_796_000_000.0)
     windows.fill("blue", 50)
@@ -585,11 +580,6 @@ def test_a_skipped_judge_exports_no_stale_sample_sizes(tmp_path: Path) -> None:
     assert exported_samples(metrics) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: TrafficSource.measure_now (watchdog/sources/traffic.py, the min_requests "
-    "branch of an absolute rule) returns Measurement.no_data without a Comparison, so the site "
-    "JSON row of a rule held by min_requests has no `samples` (the count is only in the "
-    "detail text), unlike a comparing rule held by min_requests, whose row carries them"))
 def test_an_absolute_rule_held_by_min_requests_shows_its_samples(tmp_path: Path) -> None:
     windows = FilledWindows(1_796_000_000.0)
     windows.fill("blue", 5)

@@ -158,7 +158,8 @@ def render_site(site: dict[str, Any]) -> str:
         lines.append(f"  {'rule':<20}{'colour':<8}{'state':<9}{'value':>12}  {'threshold':<16}"
                      f"{'for':<6}{'on fire':<9}")
         for r in rules:
-            value = "no data" if r["value"] is None else f"{r['value']:.4g}"
+            value = ("inf" if r.get("ratio") == "inf" else "no data") if r["value"] is None \
+                else f"{r['value']:.4g}"
             lines.append(f"  {r['name']:<20}{r['color']:<8}{r['state']:<9}{value:>12}  "
                          f"{r['threshold']:<16}{format_duration(r['for']):<6}{r['on_fire']:<9}")
             if r.get("samples"):  # source: traffic: what it compared, and the judge's p

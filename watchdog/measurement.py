@@ -31,7 +31,8 @@ class Comparison:
                       if isinstance(v, int)) if isinstance(samples, dict) else ()
         p, ratio = data.get("p_value"), data.get("ratio")
         return cls(pairs, float(p) if isinstance(p, int | float) else None,
-                   float(ratio) if isinstance(ratio, int | float) else None)
+                   math.inf if ratio == "inf"
+                   else float(ratio) if isinstance(ratio, int | float) else None)
 
 
 def _finite(value: float | None) -> float | str | None:

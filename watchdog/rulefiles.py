@@ -160,6 +160,17 @@ class JudgeSpec(Strict):
     test: Test
     max_ratio: float = Field(1.0, gt=0)
     confidence: float = Field(0.99, gt=0, lt=1)
+    # mann_whitney only: the candidate's median must also be this much above the live one's.
+    # Proxies log whole milliseconds, so 1 ms against 2 ms is "twice as slow" and, with
+    # hundreds of requests, significant: a healthy canary of fast requests would roll back.
+    min_difference: Duration = Field(0.005, ge=0)
+
+    @model_validator(mode="after")
+    def _difference(self) -> JudgeSpec:
+        if self.test == "proportions" and "min_difference" in self.model_fields_set:
+            raise ValueError("min_difference is a latency (mann_whitney); a proportions test "
+                             "has max_ratio only")
+        return self
 
 
 class TrafficRule(RuleBase):

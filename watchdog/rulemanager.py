@@ -191,15 +191,23 @@ class RuleManager:
         self.metrics.rule_state.labels(site, rule.name, color).set(int(status.state))
         value = status.value if status.value is not None else math.nan
         self.metrics.rule_value.labels(site, rule.name, color).set(value)
+        if rule.source != "traffic":
+            return
+        # Only what this measurement read: a skipped rule, or one colour no longer read,
+        # keeps no sample size and no p-value from an earlier comparison.
         compared = m.comparison
-        if compared is not None:
-            for whose, count in compared.samples:
-                self.metrics.rule_samples.labels(site, rule.name, whose).set(count)
-            if compared.p_value is not None:
-                self.metrics.rule_p_value.labels(site, rule.name, color).set(compared.p_value)
-                return
-        with contextlib.suppress(KeyError):  # not judged now (skipped, no data): no p-value
-            self.metrics.rule_p_value.remove(site, rule.name, color)
+        samples = dict(compared.samples) if compared is not None else {}
+        for whose in COLORS:
+            if whose in samples:
+                self.metrics.rule_samples.labels(site, rule.name, whose).set(samples[whose])
+            else:
+                with contextlib.suppress(KeyError):
+                    self.metrics.rule_samples.remove(site, rule.name, whose)
+        if compared is not None and compared.p_value is not None:
+            self.metrics.rule_p_value.labels(site, rule.name, color).set(compared.p_value)
+        else:
+            with contextlib.suppress(KeyError):
+                self.metrics.rule_p_value.remove(site, rule.name, color)
 
     def views(self, site: str, color: str) -> dict[str, RuleView]:
         """The last known view of each rule for `color`, without measuring."""
@@ -226,17 +234,20 @@ class RuleManager:
             gone |= {k[0] for k in self.statuses.get(site, {}) if k[0] not in names}
             for rule_name in gone:
                 for color in COLORS:
-                    self.forget(site, rule_name, color)
+                    self.forget(site, rule_name, color, gone=True)
                 for outcome in Outcome:  # its counts too: a renamed rule adds none each reload
                     with contextlib.suppress(KeyError):
                         self.metrics.rule_evaluations_total.remove(site, rule_name,
                                                                    outcome.value)
         self.loaded = new
 
-    def forget(self, site: str, rule: str, color: str) -> None:
+    def forget(self, site: str, rule: str, color: str, *, gone: bool = False) -> None:
+        """Drop the rule's state and series for `color`. Its sample sizes are labelled by
+        whose requests they count (the target's peer too), so they go only with the rule
+        (`gone`); otherwise the next measurement sets or removes them (`_series`)."""
         self.statuses.get(site, {}).pop((rule, color), None)
-        for gauge in (self.metrics.rule_state, self.metrics.rule_value,
-                      self.metrics.rule_samples, self.metrics.rule_p_value):
+        gauges = [self.metrics.rule_state, self.metrics.rule_value, self.metrics.rule_p_value]
+        for gauge in gauges + ([self.metrics.rule_samples] if gone else []):
             with contextlib.suppress(KeyError):
                 gauge.remove(site, rule, color)
 

@@ -25,7 +25,9 @@ The measurement is synchronous and cheap (sums over at most 300 slots, a judge o
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from dataclasses import replace
 from typing import Protocol
 
 from watchdog import judge
@@ -65,9 +67,10 @@ class TrafficSource:
         if rule.compares:
             return _compared(rule, target, own, self.windows, now, started)
         value = _value(rule.measure, own)
-        if rule.measure != "rps" and own.total < rule.min_requests:
-            return Measurement.no_data(_few(target.color, own, rule), started, time.time())
         samples = ((target.color, own.total),)
+        if rule.measure != "rps" and own.total < rule.min_requests:
+            return Measurement(None, None, _few(target.color, own, rule), started, time.time(),
+                               comparison=Comparison(samples))
         if value is None:
             return Measurement(None, None, f"{target.color}: no durations in the log lines of "
                                f"the last {rule.window:g}s", started, time.time(),
@@ -101,6 +104,9 @@ def _compared(rule: TrafficRule, target: Target, own: WindowView, windows: Windo
                                    started, time.time(), comparison=Comparison(samples))
             verdict = judge.mann_whitney(own.durations, other.durations,
                                          confidence=spec.confidence, max_ratio=spec.max_ratio)
+            if verdict.breach:
+                verdict = _big_enough(verdict, own.durations, other.durations,
+                                      spec.min_difference)
         else:
             verdict = judge.proportions(own.errors, own.total, other.errors, other.total,
                                         confidence=spec.confidence, max_ratio=spec.max_ratio)
@@ -116,6 +122,17 @@ def _compared(rule: TrafficRule, target: Target, own: WindowView, windows: Windo
                        f"{_show(rule.measure, theirs)} = {ratio:.3g} over {own.total}/"
                        f"{other.total} requests in {rule.window:g}s", started, time.time(),
                        comparison=Comparison(samples, None, ratio))
+
+
+def _big_enough(verdict: judge.Verdict, mine: tuple[float, ...], theirs: tuple[float, ...],
+                floor: float) -> judge.Verdict:
+    """A significant slow-down counts only when the medians differ by more than `floor`
+    (`judge.min_difference`): logged durations are whole milliseconds."""
+    gap = statistics.median(mine) - statistics.median(theirs)
+    if gap > floor:
+        return verdict
+    return replace(verdict, breach=False, detail=f"{verdict.detail}; but the medians differ by "
+                   f"{gap * 1000:.0f} ms, not more than min_difference {floor * 1000:.0f} ms")
 
 
 def _value(measure: str, view: WindowView) -> float | None:
