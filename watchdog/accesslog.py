@@ -29,8 +29,8 @@ For `source: traffic` (DESIGN.md §14) each mapped colour also has a `TrafficWin
 (`watchdog.traffic`): the last 300 seconds of its requests in fixed memory, which the traffic
 source reads in-process, with no Prometheus in between. After each batch of datagrams the
 receiver tells `on_lines` which sites had lines, at most once every `NOTIFY_EVERY` seconds per
-receiver (a batch in between is told when that time is up, never dropped), so rules with
-`for: 0s` are judged as the lines arrive.
+receiver (a batch in between is told when that time is up, never dropped), so the
+traffic rules are judged as the lines arrive.
 
 UDP drops under load: the receiver asks for a receive buffer of `RCVBUF` bytes (the kernel
 caps it at `net.core.rmem_max` unless the process may use SO_RCVBUFFORCE); `kernel_drops()`

@@ -262,7 +262,7 @@ class Daemon:
             return decision
 
     def _lines_arrived(self, name: str) -> None:
-        """The receiver had lines for `name` (at most every 100 ms): judge its `for: 0s`
+        """The receiver had lines for `name` (at most every 100 ms): judge its
         traffic rules on them now, one judgement per site at a time."""
         if name not in self.sites or not self.rules.fast_rules(name):
             return
