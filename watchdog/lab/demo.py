@@ -58,7 +58,8 @@ class Watcher:
             key = (rule["name"], rule["color"])
             if self.rules.get(key) != rule["state"]:
                 if key in self.rules or rule["state"] != "ok":
-                    value = "no data" if rule["value"] is None else f"{rule['value']:.3g}"
+                    value = (("inf" if rule.get("ratio") == "inf" else "no data")
+                             if rule["value"] is None else f"{rule['value']:.3g}")
                     say(f"  rule {rule['name']} on {rule['color']}: {rule['state']} "
                         f"(value {value}, threshold {rule['threshold']})")
                 self.rules[key] = rule["state"]

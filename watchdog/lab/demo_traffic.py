@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
 from watchdog.lab.stack import LabStack
@@ -78,6 +80,17 @@ def _decided_on_lines(log_path: Path) -> list[str]:
     return names
 
 
+def _rule_text(rule: dict[str, Any]) -> str:
+    """One line of what a shipped rule reads and when it breaches, from the file itself."""
+    if rule["source"] != "traffic":
+        return f"{rule['source']} {rule.get('path', '')} for {rule.get('for', '0s')}"
+    judge = rule.get("judge")
+    what = (", ".join(f"{k} {v}" for k, v in judge.items()) if judge
+            else " and ".join(f"{k} {rule[k]}" for k in ("min", "max") if k in rule))
+    return (f"{rule['measure']}, {what}, window {rule.get('window', '1m')}, min_requests "
+            f"{rule.get('min_requests', 20)}, for {rule.get('for', '0s')}")
+
+
 async def traffic_act(workdir: Path, watcher_cls: Any) -> int:
     """Run the act; 0 when the fault was rolled back by a traffic rule."""
     _say("")
@@ -96,13 +109,8 @@ async def traffic_act(workdir: Path, watcher_cls: Any) -> int:
         _say("  Prometheus: not started; the daemon's config has no prometheus: section")
         _say(f"  rules: {RULES_FILE.name} as shipped (windows as in the file, not shortened: "
              "none needs to be for this act)")
-        _say("    candidate_5xx_vs_live      error_rate, judge proportions, max_ratio 2, "
-             "confidence 0.99, window 1m, min_requests 20, for 0s")
-        _say("    candidate_latency_vs_live  latency, judge mann_whitney, max_ratio 1.2, "
-             "confidence 0.99, window 2m, min_requests 50, for 0s")
-        _say("    error_rate                 5xx share <= 0.2, window 1m, min_requests 20, "
-             "for 0s")
-        _say("    health                     /web/health for 30s")
+        for rule in yaml.safe_load(RULES_FILE.read_text())["rules"]:
+            _say(f"    {rule['name']:<26} {_rule_text(rule)}")
         for standin in (lab.blue, lab.green):
             await asyncio.to_thread(set_faults, standin.url, latency=SERVICE_TIME)
         _say(f"  both stand-ins answer {SERVICE_TIME * 1000:.0f} ms later than bare, like a "
