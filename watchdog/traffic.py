@@ -83,7 +83,7 @@ def quantile(values: tuple[float, ...], weights: tuple[float, ...], q: float) ->
 class TrafficWindow:
     """The last `history` seconds of one colour's requests, in fixed memory."""
 
-    __slots__ = ("_random", "_ring", "history", "per_second")
+    __slots__ = ("_current", "_random", "_ring", "history", "per_second")
 
     def __init__(self, history: int = HISTORY, per_second: int = PER_SECOND,
                  rng: Callable[[], float] | None = None) -> None:
@@ -91,31 +91,43 @@ class TrafficWindow:
         self.per_second = per_second
         self._ring: list[_Second | None] = [None] * history
         self._random = rng or random.Random().random  # noqa: S311 (sampling, not secrets)
+        self._current = _Second()  # the slot of the newest second (a placeholder at first)
 
     def add(self, second: int, status: bytes, duration: float | None) -> None:
         """One request seen in `second` (an integer time), answered `status` (as logged)."""
+        slot = self._current
+        if slot.at != second:  # the first request of a new second (or a late line)
+            found = self._slot(second)
+            if found is None:
+                return
+            slot = found
+        slot.total += 1
+        if status[:1] == b"5":
+            slot.errors += 1
+        if duration is not None:
+            seen = slot.seen = slot.seen + 1
+            if seen <= self.per_second:
+                slot.durations.append(duration)
+            else:
+                j = int(self._random() * seen)
+                if j < self.per_second:
+                    slot.durations[j] = duration
+
+    def _slot(self, second: int) -> _Second | None:
+        """The slot of `second`, emptied if it held an older one; None if it holds a newer
+        one (the line is older than any window)."""
         index = second % self.history
         slot = self._ring[index]
         if slot is None:
             slot = self._ring[index] = _Second()
         if slot.at != second:
             if second < slot.at:
-                return  # older than what the slot holds now: outside any window
+                return None
             slot.at = second
             slot.total = slot.errors = slot.seen = 0
             del slot.durations[:]
-        slot.total += 1
-        if status[:1] == b"5":
-            slot.errors += 1
-        if duration is not None:
-            slot.seen += 1
-            kept = slot.durations
-            if len(kept) < self.per_second:
-                kept.append(duration)
-            else:
-                j = int(self._random() * slot.seen)
-                if j < self.per_second:
-                    kept[j] = duration
+        self._current = slot
+        return slot
 
     def view(self, now: float, window: float) -> WindowView:
         """The requests of the seconds in (now - window, now]."""
