@@ -1,4 +1,5 @@
-"""`make demo` end to end: a canary promoted, a canary rolled back by itself, all cleaned up."""
+"""`make demo` end to end: a canary promoted, a canary rolled back by itself, a database
+prepared, a rollback from the access log without Prometheus; all cleaned up."""
 
 from __future__ import annotations
 
@@ -30,9 +31,17 @@ def test_demo_promotes_one_canary_rolls_back_the_other_and_cleans_up() -> None:
         assert re.search(rf"daemon: prepare_step +step \d/4 {step} passed in [\d.]+s", out), step
         assert re.search(rf"\] +{step} +[\d.]+s$", out, re.MULTILINE), step
     assert "green (17.0) serves on odoo_green" in out
+    # The fourth act: no Prometheus, the rollback decided by a traffic rule from the access log.
+    act4 = out[out.index("ROLLOUT 4"):]
+    assert "Prometheus: not started; the daemon's config has no prometheus: section" in act4
+    assert re.search(r"daemon: rolling_back +rolling back \w+ from 10% green: rule "
+                     r"candidate_5xx_vs_live fired", act4), act4
+    assert "decided_on_lines: candidate_5xx_vs_live" in act4, act4
+    assert "final: rolled_back, live blue, weights blue 100% / green 0%" in act4, act4
     pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-    # Twice two stand-ins, HAProxy, Prometheus, the daemon; and PostgreSQL.
-    assert len(pids) == 11
+    # Twice two stand-ins, HAProxy, Prometheus, the daemon; and PostgreSQL; then two
+    # stand-ins, HAProxy and the daemon, with no Prometheus.
+    assert len(pids) == 15
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
 

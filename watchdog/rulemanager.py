@@ -106,7 +106,8 @@ class RuleManager:
         self.clock = clock
         self.statuses: dict[str, dict[Key, RuleStatus]] = {}
         self._stored: dict[str, dict[Key, tuple[State, float | None]]] = {}
-        self._fast_next: dict[tuple[str, str], float] = {}  # (site, rule): measure_fast again
+        # (site, rule): when measure_fast measures it again for the same target
+        self._fast_next: dict[tuple[str, str], tuple[float, Target | None]] = {}
 
     def rules_for(self, site: str) -> list[Any]:
         return list(self.loaded.rules_for(site))
@@ -161,10 +162,11 @@ class RuleManager:
         for rule in rules:
             key = (site, rule.name)
             began = time.monotonic()
-            if began < self._fast_next.get(key, 0.0):
+            soonest, same = self._fast_next.get(key, (0.0, None))
+            if began < soonest and same == target:  # a new target (split): measured at once
                 continue
             measured = source.measure_now(rule, target)
-            self._fast_next[key] = began + FAST_SHARE * (time.monotonic() - began)
+            self._fast_next[key] = (began + FAST_SHARE * (time.monotonic() - began), target)
             after = self._judged(site, rule, target.color, measured, now, phase, started)
             if after.state is State.FIRING:
                 firing.append(rule_view(rule, after))
