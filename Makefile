@@ -5,7 +5,7 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
-DEB_PACKAGES := prometheus prometheus-alertmanager haproxy nginx-light systemd python3-venv postgresql-15
+DEB_PACKAGES := prometheus prometheus-alertmanager haproxy nginx-light systemd python3-venv postgresql-15 chromium
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-packages venv docker lint bench clean

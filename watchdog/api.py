@@ -10,6 +10,7 @@ The token is re-read from `api.token_file` on every reload (SIGHUP): `ApiToken`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import uuid
@@ -22,12 +23,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from watchdog import payloads, rollout
+from watchdog import payloads, rollout, views
 from watchdog.alerts import PayloadError
 from watchdog.daemon import Daemon, UnknownSite
 from watchdog.prepare import DatabaseBusy, HasTraffic, NoDatabase, UnknownBackup
 from watchdog.secrets import SecretError, read_secret
-from watchdog.store import StoreError
+from watchdog.store import FINAL_PHASES, HISTORY_ROLLOUTS, HISTORY_TICKS, StoreError
 
 log = structlog.get_logger("odoo_watchdog.api")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
@@ -248,6 +249,65 @@ async def restore_backup(request: web.Request) -> web.Response:
     return web.json_response(started, status=202)
 
 
+async def get_rollout(request: web.Request) -> web.Response:
+    """A rollout with its history (each tick's weights and rules) and its audit events: the
+    one running now, or one the store keeps (docs/ui.md)."""
+    daemon = request.app[DAEMON]
+    rid = request.match_info["id"]
+    stored = await asyncio.to_thread(daemon.store.rollout, rid)
+    running = [(name, r.state) for name, r in daemon.sites.items()
+               if r.state.rollout is not None and r.state.rollout.id == rid]
+    if running:
+        name, state = running[0]
+        info = views.rollout_view(state, daemon.clock()) or {}
+    elif stored is not None:
+        name, info = stored["site"], stored["info"]
+    else:
+        return error(404, f"no rollout {rid!r} (the store keeps the last "
+                          f"{HISTORY_ROLLOUTS} of each site)")
+    events = await asyncio.to_thread(daemon.store.rollout_events, rid)
+    phase = info.get("phase")
+    return web.json_response({
+        **info, "site": name, "outcome": phase if phase in FINAL_PHASES else None,
+        "ticks": stored["history"] if stored else [],
+        "ticks_recorded": stored["ticks"] if stored else 0, "ticks_kept": HISTORY_TICKS,
+        "events": events})
+
+
+# The page and its assets (watchdog/ui/, package data): files of this package only, and a
+# Content-Security-Policy that lets the browser load nothing from another host.
+UI_DIR = Path(__file__).parent / "ui"
+UI_ASSETS = {"ui.css": "text/css", "ui.js": "text/javascript"}
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _ui_file(name: str, content_type: str) -> web.Response:
+    body = (UI_DIR / name).read_bytes()
+    return web.Response(body=body, content_type=content_type, charset="utf-8",
+                        headers=UI_HEADERS)
+
+
+async def ui_index(request: web.Request) -> web.Response:
+    return _ui_file("index.html", "text/html")
+
+
+async def ui_rollout(request: web.Request) -> web.Response:
+    return _ui_file("rollout.html", "text/html")
+
+
+async def ui_asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in UI_ASSETS:
+        return error(404, f"no file {name!r}")
+    return _ui_file(name, UI_ASSETS[name])
+
+
 def create_app(daemon: Daemon, token: ApiToken | str | None) -> web.Application:
     # auto_decompress off: a Content-Encoding body is refused as not JSON (400) instead of
     # failing inside aiohttp's parser, which drops the connection; Alertmanager never
@@ -268,4 +328,9 @@ def create_app(daemon: Daemon, token: ApiToken | str | None) -> web.Application:
     app.router.add_get("/api/v1/sites/{site}/backups", list_backups)
     app.router.add_post("/api/v1/sites/{site}/backups/{backup}/restore", restore_backup)
     app.router.add_post("/api/v1/alertmanager", alertmanager)
+    app.router.add_get("/api/v1/rollouts/{id}", get_rollout)
+    app.router.add_get("/ui", ui_index)
+    app.router.add_get("/ui/", ui_index)
+    app.router.add_get("/ui/rollouts/{id}", ui_rollout)
+    app.router.add_get("/ui/static/{name}", ui_asset)
     return app

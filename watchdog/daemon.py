@@ -10,6 +10,7 @@ its actions are carried out, and the site's router puts back a split someone cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -207,6 +208,7 @@ class Daemon:
                 await self._commit_or_hold(runtime, rollout.tick(runtime.state, Tick(
                     self.clock(), rules, actual, checked, previous_healthy)))
             await runtime.router.reconcile(runtime.state, known=runtime.router.actual is not None)
+        await self._save_history(runtime)
         if self.store.pending:  # audit lines wait: retry every tick, so it goes on by itself
             await asyncio.to_thread(self.store.flush)
         await self._check_store()
@@ -234,6 +236,22 @@ class Daemon:
             except StoreError:
                 pass
         self._unsaved_memory[name] = (rules, alerts)
+
+    async def _save_history(self, runtime: SiteRuntime) -> None:
+        """This tick's weights and rule values for the rollout's pictures (`/ui`): skipped
+        while the store cannot write; a failure is counted (store_errors_total) and no more."""
+        state = runtime.state
+        ro = state.rollout
+        if ro is None or not self.store.ok or not self.store.wants_history(ro.id, ro.active):
+            return
+        rows = [views.rule_row(r, c, s) for r, c, s in self.rules.rows(runtime.name)]
+        rows += [views.hold_row(v, state.target)
+                 for v in runtime.router.views(state.target).values()]
+        view = views.rollout_view(state, self.clock())
+        with contextlib.suppress(StoreError):
+            if view is not None:
+                await asyncio.to_thread(self.store.save_tick, runtime.name, view,
+                                        dict(state.weights), rows)
 
     def _tick_soon(self, name: str) -> None:
         """Bring the site's next tick forward to now (the scheduler still never runs two)."""

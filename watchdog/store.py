@@ -9,6 +9,10 @@ Beside it, in table `memory`, what the rules and Alertmanager had told the daemo
 state (pending since when, firing) and the firing alerts, so a restart does not restart a `for`
 clock or forget an alert until Alertmanager repeats it.
 
+Tables `rollouts`, `ticks` and `tick_rules` hold what the rollout pictures need (/ui, GET
+/api/v1/rollouts/{id}): per rollout, each tick's weights and each rule's value, threshold,
+state and outcome, bounded by HISTORY_TICKS per rollout and HISTORY_ROLLOUTS per site.
+
 A store that cannot write (a full disk, a read-only filesystem, an I/O error, a database
 another program holds locked) is reported, not fatal: `save` raises StoreError (so the daemon
 moves no traffic without its record), the store remembers since when and why it fails
@@ -20,6 +24,7 @@ own times. docs/rollouts.md "Crash safety" says what the daemon does meanwhile.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -60,6 +65,34 @@ CREATE TABLE IF NOT EXISTS memory (
     alerts TEXT NOT NULL DEFAULT '[]',
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    info TEXT NOT NULL,
+    ticks INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS rollouts_by_site ON rollouts (site, started_at);
+CREATE TABLE IF NOT EXISTS ticks (
+    rollout_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    at REAL NOT NULL,
+    weights TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tick_rules (
+    rollout_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    color TEXT NOT NULL,
+    value REAL,
+    threshold TEXT NOT NULL,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    PRIMARY KEY (rollout_id, n, rule, color)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_rollout ON events (rollout_id, id);
 """
 
 
@@ -82,6 +115,13 @@ SAVE_MEMORY = (
 PROBE = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
          "INSERT INTO meta (key, value) VALUES ('last_write', ?) "
          "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+# The history of the rollout pictures (/ui/rollouts/{id}, GET /api/v1/rollouts/{id}): one row
+# per tick and one per rule and tick, the newest HISTORY_TICKS ticks of each rollout (a 5 s
+# tick: about 7 hours; older ticks are pruned as new ones come), the newest HISTORY_ROLLOUTS
+# rollouts of each site (an older one loses its ticks and its row; its audit events stay).
+HISTORY_TICKS = 5000
+HISTORY_ROLLOUTS = 50
+HISTORY_EVENTS = 2000  # audit events of one rollout that GET /api/v1/rollouts/{id} returns
 PENDING_LIMIT = 1000  # audit events kept in memory while the store cannot write
 LOW_SPACE = 64 * 1024  # bytes free under which "no space left" is said
 
@@ -91,6 +131,17 @@ def _text(value: str | None) -> str | None:
     if value is None:
         return None
     return value.encode("utf-8", "replace").decode("utf-8")
+
+
+FINAL_PHASES = frozenset(p.value for p in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED))
+
+
+def _finite(value: Any) -> float | None:
+    """A number SQLite and JSON can hold (NaN and infinities are no data)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _event_row(at: float, site: str, e: Event) -> tuple[Any, ...]:
@@ -163,6 +214,7 @@ class Store:
         self.flushed = 0  # audit events the last write that found some waiting took along
         self._pending: deque[tuple[float, str, Event]] = deque()
         self._lost: dict[str, int] = {}  # per site: events dropped from a full queue
+        self._history_done: set[str] = set()  # ended rollouts whose last tick is stored
 
     # ---------------------------------------------------------------- health
 
@@ -336,6 +388,108 @@ class Store:
         if not rows:
             return {"rules": [], "alerts": []}
         return {"rules": json.loads(rows[0][0]), "alerts": json.loads(rows[0][1])}
+
+    # ---------------------------------------------------------------- rollout history
+
+    def wants_history(self, rollout_id: str, active: bool) -> bool:
+        """Whether this tick of the rollout is worth a row: every tick while it is active,
+        and one after it has ended (its final phase and weights), not more."""
+        return active or rollout_id not in self._history_done
+
+    def save_tick(self, site: str, rollout: dict[str, Any], weights: dict[str, int],
+                  rules: list[dict[str, Any]], at: float | None = None) -> bool:
+        """One tick of a rollout: its view (`views.rollout_view`, which has "id" and
+        "phase"), the weights, and each rule's row (`views.rule_row`: "name", "color",
+        "value", "threshold", "state", "outcome"). Prunes beyond HISTORY_TICKS and
+        HISTORY_ROLLOUTS in the same transaction. False when nothing was written because the
+        ended rollout's last tick is stored already; StoreError (counted as "history") when
+        the store cannot write."""
+        rid = str(rollout["id"])
+        now = self.clock() if at is None else at
+        ended = rollout.get("phase") in FINAL_PHASES
+        info = json.dumps(rollout, sort_keys=True, allow_nan=False)
+        wrote = False
+
+        def body() -> None:
+            nonlocal wrote
+            row = self._db.execute("SELECT ticks, info FROM rollouts WHERE id = ?",
+                                   (rid,)).fetchone()
+            if ended and row is not None and json.loads(row[1]).get("phase") in FINAL_PHASES:
+                return  # its end is stored (a restart ticks it once more)
+            n = (row[0] if row is not None else 0) + 1
+            started = rollout.get("started_at")
+            self._db.execute(
+                "INSERT INTO rollouts (id, site, started_at, updated_at, info, ticks) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "updated_at = excluded.updated_at, info = excluded.info, ticks = excluded.ticks",
+                (rid, site, now if started is None else float(started), now, info, n))
+            self._db.execute("INSERT OR REPLACE INTO ticks (rollout_id, n, at, weights) "
+                             "VALUES (?, ?, ?, ?)", (rid, n, now, json.dumps(weights)))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO tick_rules (rollout_id, n, rule, color, value, "
+                "threshold, state, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(rid, n, _text(str(r["name"])), str(r["color"]), _finite(r.get("value")),
+                  _text(str(r.get("threshold") or "")), str(r.get("state") or ""),
+                  r.get("outcome")) for r in rules])
+            if n > HISTORY_TICKS:
+                for table in ("ticks", "tick_rules"):
+                    self._db.execute(f"DELETE FROM {table} WHERE rollout_id = ? AND n <= ?",  # noqa: S608
+                                     (rid, n - HISTORY_TICKS))
+            if row is None:  # a new rollout: the site's oldest beyond HISTORY_ROLLOUTS go
+                old = [r[0] for r in self._db.execute(
+                    "SELECT id FROM rollouts WHERE site = ? ORDER BY started_at DESC, "
+                    "rowid DESC LIMIT -1 OFFSET ?", (site, HISTORY_ROLLOUTS))]
+                for table, key in (("ticks", "rollout_id"), ("tick_rules", "rollout_id"),
+                                   ("rollouts", "id")):
+                    self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?",  # noqa: S608
+                                         [(o,) for o in old])
+            wrote = True
+
+        with self._lock:
+            self._write("history", body)
+        if ended:
+            self._history_done.add(rid)
+        return wrote
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        """A stored rollout: {"site", "info" (its last view), "ticks" (how many were
+        recorded, pruned ones too), "history": [{"at", "weights", "rules": [...]}]}, its
+        ticks oldest first; None when none of that id is stored."""
+        rows = self._read("read", "SELECT site, info, ticks FROM rollouts WHERE id = ?",
+                          (rollout_id,))
+        if not rows:
+            return None
+        ticks = self._read("read", "SELECT n, at, weights FROM ticks WHERE rollout_id = ? "
+                           "ORDER BY n", (rollout_id,))
+        rules = self._read("read", "SELECT n, rule, color, value, threshold, state, outcome "
+                           "FROM tick_rules WHERE rollout_id = ? ORDER BY n, rule, color",
+                           (rollout_id,))
+        by_tick: dict[int, list[dict[str, Any]]] = {}
+        for n, name, color, value, threshold, state, outcome in rules:
+            by_tick.setdefault(n, []).append(
+                {"name": name, "color": color, "value": value, "threshold": threshold,
+                 "state": state, "outcome": outcome})
+        history = [{"at": at, "weights": json.loads(weights), "rules": by_tick.get(n, [])}
+                   for n, at, weights in ticks]
+        site, info, count = rows[0]
+        return {"site": site, "info": json.loads(info), "ticks": count, "history": history}
+
+    def rollout_events(self, rollout_id: str,
+                       limit: int = HISTORY_EVENTS) -> list[dict[str, Any]]:
+        """The audit events of a rollout (the newest `limit`), oldest first."""
+        rows = self._read(
+            "read",
+            "SELECT id, at, site, kind, phase_from, phase_to, weights, rule, value, threshold, "
+            "actor, message FROM events WHERE rollout_id = ? ORDER BY id DESC LIMIT ?",
+            (rollout_id, limit))
+        keys = ("id", "at", "site", "kind", "phase_from", "phase_to", "weights", "rule",
+                "value", "threshold", "actor", "message")
+        out = []
+        for row in reversed(rows):
+            item = dict(zip(keys, row, strict=True))
+            item["weights"] = json.loads(item["weights"])
+            out.append(item)
+        return out
 
     def close(self) -> None:
         with self._lock:
