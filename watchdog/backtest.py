@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ __all__ = [
     "Interval",
     "RangeClient",
     "Replay",
+    "Steps",
     "fetch_steps",
     "plan_chunks",
     "replay",
@@ -265,12 +266,37 @@ def _labels(metric: dict[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
 
 
+class Steps:
+    """One measurement per step, kept compact: the values in an array, and only the steps
+    that are not a plain value (no data, NaN, an error) as Measurements. Iterating yields a
+    Measurement per step, made when asked for."""
+
+    def __init__(self, count: int) -> None:
+        self.values = array("d", [math.nan]) * count
+        self.special: dict[int, Measurement] = {}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Measurement]:
+        special = self.special
+        for i, value in enumerate(self.values):
+            found = special.get(i)
+            yield found if found is not None else Measurement(value)
+
+    def errors(self, limit: int = 3) -> list[str]:
+        return list(dict.fromkeys(m.error for m in self.special.values() if m.error))[:limit]
+
+
 def fetch_steps(client: RangeClient, query: str, start: float, step: float, count: int,
-                max_points: int = MAX_POINTS) -> list[Measurement]:
+                max_points: int = MAX_POINTS) -> Steps:
     """One measurement per step t = start + i * step (i < count), asked in chunks."""
-    out: list[Measurement | None] = [None] * count
-    series_at: list[int] = [0] * count
+    steps = Steps(count)
+    values, special = steps.values, steps.special
+    seen = bytearray(count)  # series with a value at each step (capped at 2)
     names: dict[int, list[str]] = {}
+    first_label: dict[int, str] = {}
+    empty = Measurement.no_data("empty result")
     for first, size in plan_chunks(start, step, count, max_points):
         chunk_start = start + first * step
         try:
@@ -278,7 +304,7 @@ def fetch_steps(client: RangeClient, query: str, start: float, step: float, coun
         except QueryError as exc:
             failed = Measurement.failed(f"prometheus: {exc}")
             for i in range(first, first + size):
-                out[i] = failed
+                special[i] = failed
             continue
         for item in matrix:
             label = _labels(item.get("metric", {}))
@@ -286,38 +312,38 @@ def fetch_steps(client: RangeClient, query: str, start: float, step: float, coun
                 i = round((float(ts) - start) / step)
                 if not first <= i < first + size:
                     continue
-                series_at[i] += 1
-                if series_at[i] > 1:
-                    names.setdefault(i, [_seen(out[i])]).append(label)
+                if seen[i]:
+                    names.setdefault(i, [first_label.get(i, "{}")]).append(label)
+                    seen[i] = 2
                     continue
-                out[i] = _number(raw, label, float(ts))
-    empty = Measurement.no_data("empty result")
-    result: list[Measurement] = []
-    for i, measurement in enumerate(out):
-        if i in names:
-            shown = names[i]
-            more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
-            result.append(Measurement.failed(
-                f"query returned {len(shown)} series, expected one: {'; '.join(shown[:3])}"
-                f"{more} (aggregate with sum() or filter by labels)"))
-        else:
-            result.append(measurement if measurement is not None else empty)
-    return result
+                seen[i] = 1
+                if len(matrix) > 1:
+                    first_label[i] = label
+                value = _number(raw, label)
+                if isinstance(value, Measurement):
+                    special[i] = value
+                else:
+                    values[i] = value
+    for i in range(count):
+        if not seen[i] and i not in special:
+            special[i] = empty
+    for i, shown in names.items():
+        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+        special[i] = Measurement.failed(
+            f"query returned {len(shown)} series, expected one: {'; '.join(shown[:3])}"
+            f"{more} (aggregate with sum() or filter by labels)")
+        values[i] = math.nan
+    return steps
 
 
-def _seen(measurement: Measurement | None) -> str:
-    detail = measurement.detail if measurement is not None else ""
-    return detail.partition(" from ")[2] or "{}"
-
-
-def _number(raw: Any, series: str, ts: float) -> Measurement:
+def _number(raw: Any, series: str) -> float | Measurement:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        return Measurement.failed(f"not a number: {raw!r:.40}", ts, ts)
+        return Measurement.failed(f"not a number: {raw!r:.40}")
     if math.isnan(value):
-        return Measurement.no_data(f"NaN from {series}", ts, ts)
-    return Measurement(value, None, f"{value:g} from {series}", ts, ts)
+        return Measurement.no_data(f"NaN from {series}")
+    return value
 
 
 # --- the whole site ------------------------------------------------------------------------
@@ -369,8 +395,7 @@ def run_backtest(
         rule, color, query = job
         measurements = fetch_steps(range_client, query, start, step, count, max_points)
         intervals, counts = replay(rule, times, measurements, quiet_shortcut=quiet_shortcut)
-        values = array("d", (math.nan if m.value is None else m.value for m in measurements))
-        errors = list(dict.fromkeys(m.error for m in measurements if m.error))[:3]
+        values, errors = measurements.values, measurements.errors()
         if progress is not None:
             progress(f"{rule.name} ({color}): {len(intervals)} intervals")
         return Replay(rule.name, color, query, rule, intervals, times, values, counts, errors)
