@@ -15,8 +15,9 @@ ROUTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 STEP_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
                 3600.0, 7200.0)
 # The state store's operations (store.py): writes of a decision, of an audit line, of the rule
-# and alert memory, the retry of what waits in memory; reads of a state or memory, of events.
-STORE_OPS = ("save", "record", "memory", "flush", "load", "read")
+# and alert memory, the retry of what waits in memory; reads of a state or memory, of events;
+# the per-tick history of a rollout (the web page's charts).
+STORE_OPS = ("save", "record", "memory", "flush", "load", "read", "history")
 HTTP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 
 
