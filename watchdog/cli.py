@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub, common_options)
     from watchdog.cli_backtest import add_backtest_command
     add_backtest_command(sub)
+    from watchdog.cli_report import add_report_command
+    add_report_command(sub)
 
     demo = sub.add_parser("demo", help="run the lab demo on loopback")
     demo.set_defaults(func=_demo)

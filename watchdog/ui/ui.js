@@ -412,9 +412,17 @@
 
   // ------------------------------------------------------------------ start
 
+  // A report file (odoo-watchdog report, docs/report.md) carries its rollout: nothing to fetch.
+  function embeddedRollout() {
+    const node = document.getElementById("rollout-data");
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
   function start() {
     if (document.body.dataset.page === "rollout") {
-      refreshRollout();
+      const saved = embeddedRollout();
+      if (saved) drawRollout(saved);
+      else refreshRollout();
     } else {
       refreshOverview();
       window.setInterval(refreshOverview, POLL_MS);
