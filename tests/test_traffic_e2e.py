@@ -17,6 +17,7 @@ durations the proxies log (in ms) are not all 0 or 1 ms and the judge compares r
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from tests.traffic_helpers import (
     BLUE_ONLY,
     NginxTrafficLab,
     assert_no_prometheus,
+    descendants,
     describe,
     haproxy_weights,
     metric,
@@ -91,10 +93,11 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., LabStack]]:
         lab = LabStack(tmp_path / f"lab{len(labs)}", access_log=True, prometheus=False,
                        **options)
         labs.append(lab)
+        before = descendants(os.getpid())
         lab.start()
         assert lab.prometheus is None
         assert lab.daemon is not None
-        assert_no_prometheus(lab.config_path, lab.daemon.pid)
+        assert_no_prometheus(lab.config_path, lab.daemon.pid, before)
         return lab
 
     yield make
@@ -465,9 +468,10 @@ async def test_5xx_fault_is_rolled_back_behind_nginx_from_its_access_log_without
                                            max="0.05"), ERROR_JUDGE),
                           steps=[{"weight": 50, "hold": "60s"}, {"weight": 100}],
                           interval=f"{TICK:g}s", bake="3s")
+    before = descendants(os.getpid())
     with lab:
         assert lab.daemon is not None
-        assert_no_prometheus(lab.config_path, lab.daemon.pid)
+        assert_no_prometheus(lab.config_path, lab.daemon.pid, before)
         api = lab.api_url
         async with load_for(lab.proxy_url, delay=0.02) as load:
             await load.wait_count(50, timeout=30)

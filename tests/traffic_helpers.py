@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +178,15 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def assert_no_prometheus(config_path: Path, daemon_pid: int | None) -> dict[int, str]:
-    """The daemon's config has no prometheus: section, none of our processes is a
-    Prometheus, and the daemon we check is among them; what runs below us."""
+def assert_no_prometheus(config_path: Path, daemon_pid: int | None,
+                         before: Iterable[int] = ()) -> dict[int, str]:
+    """The daemon's config has no prometheus: section, none of the processes this lab started
+    (ours, less those running `before` it: a session's fixtures may run a Prometheus of their
+    own) is a Prometheus, and the daemon we check is among them; what the lab runs."""
     config = yaml.safe_load(config_path.read_text())
     assert "prometheus" not in config, config
-    ours = descendants(os.getpid())
+    earlier = set(before)
+    ours = {pid: name for pid, name in descendants(os.getpid()).items() if pid not in earlier}
     assert daemon_pid in ours, ours
     assert not [n for n in ours.values() if "prometheus" in n.lower()], ours
     return ours
