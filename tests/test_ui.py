@@ -32,6 +32,7 @@ import pytest
 from tests.conftest import post, site
 from tests.polling import until
 from watchdog.lab.load import LoadClient
+from watchdog.lab.screenshot import QUIET as CHROMIUM_QUIET
 from watchdog.lab.stack import LabStack
 
 pytestmark = pytest.mark.lab
@@ -40,11 +41,7 @@ CHROMIUM = shutil.which("chromium")
 STEPS = [{"weight": 10, "hold": "6s"}, {"weight": 50, "hold": "6s"}, {"weight": 100}]
 FINAL = {"promoted", "rolled_back", "aborted"}
 # Chromium talks to nobody but the page: no updater, sync, crash reporter or field trials.
-QUIET = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-         "--no-default-browser-check", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions",
-         "--disable-default-apps", "--disable-domain-reliability", "--disable-breakpad",
-         "--metrics-recording-only", "--hide-scrollbars", "--mute-audio"]
+QUIET = CHROMIUM_QUIET
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None,
                                     reason="chromium is not installed (make deps installs it)")

@@ -357,13 +357,16 @@ class Store:
 
     def events(self, site: str, limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` events of a site, oldest first."""
-        rows = self._read(
-            "read",
-            "SELECT id, at, rollout_id, kind, phase_from, phase_to, weights, rule, value, "
-            "threshold, actor, message FROM events WHERE site = ? ORDER BY id DESC LIMIT ?",
-            (site, limit))
-        keys = ("id", "at", "rollout_id", "kind", "phase_from", "phase_to", "weights", "rule",
+        return self._events("site", site, "rollout_id", limit)
+
+    def _events(self, by: str, value: str, other: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` events whose column `by` (site or rollout_id) is `value`, oldest
+        first, each with the `other` of the two columns."""
+        keys = ("id", "at", other, "kind", "phase_from", "phase_to", "weights", "rule",
                 "value", "threshold", "actor", "message")
+        rows = self._read(
+            "read", f"SELECT {', '.join(keys)} FROM events WHERE {by} = ? "  # noqa: S608
+            "ORDER BY id DESC LIMIT ?", (value, limit))
         out = []
         for row in reversed(rows):
             item = dict(zip(keys, row, strict=True))
@@ -477,19 +480,7 @@ class Store:
     def rollout_events(self, rollout_id: str,
                        limit: int = HISTORY_EVENTS) -> list[dict[str, Any]]:
         """The audit events of a rollout (the newest `limit`), oldest first."""
-        rows = self._read(
-            "read",
-            "SELECT id, at, site, kind, phase_from, phase_to, weights, rule, value, threshold, "
-            "actor, message FROM events WHERE rollout_id = ? ORDER BY id DESC LIMIT ?",
-            (rollout_id, limit))
-        keys = ("id", "at", "site", "kind", "phase_from", "phase_to", "weights", "rule",
-                "value", "threshold", "actor", "message")
-        out = []
-        for row in reversed(rows):
-            item = dict(zip(keys, row, strict=True))
-            item["weights"] = json.loads(item["weights"])
-            out.append(item)
-        return out
+        return self._events("rollout_id", rollout_id, "site", limit)
 
     def close(self) -> None:
         with self._lock:
