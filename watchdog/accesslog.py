@@ -22,7 +22,8 @@ Lines that are not access-log lines (HAProxy's own "Server ... is DOWN" messages
 are counted in `unparsed` and sampled into the log, at most one sample every
 `SAMPLE_EVERY` seconds; lines for a server no site knows are counted in `unmapped` and sampled
 likewise (except HAProxy's `<NOSRV>` and nginx's `-`: requests that reached no server, which
-are expected, for instance while every server is down). Nothing a datagram holds can raise
+are expected, for instance while every server is down; and HAProxy's `<PROMEX>` and `<STATS>`:
+its own exporter and stats page, scraped every few seconds). Nothing a datagram holds can raise
 out of the receiver.
 
 For `source: traffic` (DESIGN.md §14) each mapped colour also has a `TrafficWindow`
@@ -89,6 +90,9 @@ DRAIN = 500  # datagrams read from the socket in one turn of the event loop, at 
 MAX_DATAGRAM = 65535
 MAX_UNKNOWN = 10_000  # unknown servers remembered as such, at most
 NOTIFY_EVERY = 0.1  # seconds between two calls of on_lines, at least
+# What HAProxy logs instead of a server for a request no server answered (`<NOSRV>`) or that
+# HAProxy answered itself: its Prometheus exporter (`<PROMEX>`), its stats page (`<STATS>`).
+NO_SERVER = (b"/<NOSRV>", b"/<PROMEX>", b"/<STATS>")
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -272,7 +276,7 @@ class AccessLogReceiver:
                 found = self._lookup(upstream)
                 if found is None:
                     self.unmapped += 1
-                    if upstream != b"-" and not upstream.endswith(b"/<NOSRV>"):
+                    if upstream != b"-" and not upstream.endswith(NO_SERVER):
                         self._reject("unmapped", data)
                     return
             series, window = found
