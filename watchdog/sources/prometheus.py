@@ -184,9 +184,10 @@ def _number(raw: Any, series: str, started: float, finished: float) -> Measureme
         value = float(raw)
     except (TypeError, ValueError):
         return Measurement.failed(f"not a number: {raw!r:.40}", started, finished)
+    origin = f" from {series}" if series != "{}" else ""  # an aggregate has no labels to name
     if math.isnan(value):
-        return Measurement.no_data(f"NaN from {series}", started, finished)
-    return Measurement(value, None, f"{value:g} from {series}", started, finished)
+        return Measurement.no_data(f"NaN{origin}", started, finished)
+    return Measurement(value, None, f"{value:g}{origin}", started, finished)
 
 
 def _labels(metric: dict[str, str]) -> str:
