@@ -292,8 +292,15 @@ async def deploy(lab: LabStack) -> None:
     try:
         await post(lab, "rollouts", {"to": "green", "version": "17.0"})
     except ApiError as exc:
-        if exc.status != 0 or lab.daemon is None or lab.daemon.running():
+        if exc.status != 0 or lab.daemon is None:
             raise
+        # The kernel closes a dying process's sockets before its parent can reap it: the
+        # client may see the connection closed a moment before the daemon stops "running".
+        for _ in range(40):
+            if not lab.daemon.running():
+                return
+            await asyncio.sleep(0.05)
+        raise
 
 
 async def armed_rollout(lab: LabStack, crashes: list[str], steps: list[Any], *,
