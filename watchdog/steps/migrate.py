@@ -353,13 +353,19 @@ async def run_container(plan: ContainerPlan, command: Sequence[str], *, timeout:
     try:
         await asyncio.to_thread(_remove, client, plan.migration_name, grace)
         try:
-            box = await asyncio.to_thread(_start, client, plan, command, env)
-        except docker.errors.DockerException as exc:
-            await asyncio.to_thread(_remove, client, plan.migration_name, grace)
-            raise StepFailed(f"migrate: cannot start container {plan.migration_name} from "
-                             f"{plan.image}: {_first_line(exc)}; the database was not "
-                             "touched") from None
-        try:
+            # Shielded: a cancellation while dockerd starts it (the command may already run)
+            # waits for the start to end, so the finally below finds the container to remove.
+            starting = asyncio.ensure_future(asyncio.to_thread(_start, client, plan, command,
+                                                               env))
+            try:
+                box = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                await asyncio.wait([starting])
+                raise
+            except docker.errors.DockerException as exc:
+                raise StepFailed(f"migrate: cannot start container {plan.migration_name} "
+                                 f"from {plan.image}: {_first_line(exc)}; the database was "
+                                 "not touched") from None
             follow = asyncio.ensure_future(asyncio.to_thread(_follow, box, line))
             try:
                 await asyncio.wait_for(asyncio.shield(follow), timeout)
