@@ -443,7 +443,10 @@ async def test_a_full_disk_mid_canary_holds_traffic_repairs_drift_says_so_and_re
     names = [k for k, _ in kinds]
     # The waiting lines, with their own times, went in first in the transaction of the step
     # advance that came when space was back; then the store_recovered line.
-    assert names[4:] == ["drift", "store_failed", "drift", "step", "store_recovered"], names
+    # (The first drift and store_failed come in either order: which of the tick's repair and
+    # the failure report is recorded first depends on timing, seen under load in CI.)
+    assert sorted(names[4:6]) == ["drift", "store_failed"], names
+    assert names[6:] == ["drift", "step", "store_recovered"], names
     assert full_at - 1 <= dict(kinds)["store_failed"] < freed_wall, kinds
     assert final["phase"] == "progressing" and final["rollout"]["step"] == 2
     assert final["store"] == {"ok": True, "error": None, "since": None,
