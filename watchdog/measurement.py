@@ -61,8 +61,9 @@ class Measurement:
         return cls(None, None, detail, started, finished, skipped=True)
 
     @classmethod
-    def no_data(cls, detail: str, started: float = 0.0, finished: float = 0.0) -> Measurement:
-        return cls(None, None, detail, started, finished)
+    def no_data(cls, detail: str, started: float = 0.0, finished: float = 0.0,
+                comparison: Comparison | None = None) -> Measurement:
+        return cls(None, None, detail, started, finished, comparison=comparison)
 
     @classmethod
     def failed(cls, error: str, started: float = 0.0, finished: float = 0.0) -> Measurement:

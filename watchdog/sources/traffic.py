@@ -39,6 +39,8 @@ from watchdog.traffic import TrafficWindow, WindowView
 
 __all__ = ["TrafficSource", "Windows"]
 
+NO_DURATIONS = "no durations in the log lines to compare"
+
 
 class Windows(Protocol):
     """What the source reads of the receiver (`watchdog.accesslog.AccessLogReceiver`)."""
@@ -69,12 +71,10 @@ class TrafficSource:
         value = _value(rule.measure, own)
         samples = ((target.color, own.total),)
         if rule.measure != "rps" and own.total < rule.min_requests:
-            return Measurement(None, None, _few(target.color, own, rule), started, time.time(),
-                               comparison=Comparison(samples))
+            return _no_data(_few(target.color, own, rule), samples, started)
         if value is None:
-            return Measurement(None, None, f"{target.color}: no durations in the log lines of "
-                               f"the last {rule.window:g}s", started, time.time(),
-                               comparison=Comparison(samples))
+            return _no_data(f"{target.color}: no durations in the log lines of the last "
+                            f"{rule.window:g}s", samples, started)
         return Measurement(value, None, f"{_show(rule.measure, value)} over {own.total} "
                            f"requests in {rule.window:g}s", started, time.time(),
                            comparison=Comparison(samples))
@@ -94,14 +94,12 @@ def _compared(rule: TrafficRule, target: Target, own: WindowView, windows: Windo
     short = [_few(c, v, rule) for c, v in ((target.color, own), (peer, other))
              if v.total < rule.min_requests]
     if short:
-        return Measurement(None, None, "; ".join(short), started, time.time(),
-                           comparison=Comparison(samples))
+        return _no_data("; ".join(short), samples, started)
     if rule.judge is not None:
         spec = rule.judge
         if spec.test == "mann_whitney":
             if not own.durations or not other.durations:
-                return Measurement(None, None, "no durations in the log lines to compare",
-                                   started, time.time(), comparison=Comparison(samples))
+                return _no_data(NO_DURATIONS, samples, started)
             verdict = judge.mann_whitney(own.durations, other.durations,
                                          confidence=spec.confidence, max_ratio=spec.max_ratio)
             if verdict.breach:
@@ -115,8 +113,7 @@ def _compared(rule: TrafficRule, target: Target, own: WindowView, windows: Windo
                            comparison=Comparison(samples, verdict.p_value, verdict.ratio))
     mine, theirs = _value(rule.measure, own), _value(rule.measure, other)
     if mine is None or theirs is None:
-        return Measurement(None, None, "no durations in the log lines to compare", started,
-                           time.time(), comparison=Comparison(samples))
+        return _no_data(NO_DURATIONS, samples, started)
     ratio = _ratio(mine, theirs)
     return Measurement(ratio, None, f"{target.color} {_show(rule.measure, mine)} / {peer} "
                        f"{_show(rule.measure, theirs)} = {ratio:.3g} over {own.total}/"
@@ -133,6 +130,11 @@ def _big_enough(verdict: judge.Verdict, mine: tuple[float, ...], theirs: tuple[f
         return verdict
     return replace(verdict, breach=False, detail=f"{verdict.detail}; but the medians differ by "
                    f"{gap * 1000:.0f} ms, not more than min_difference {floor * 1000:.0f} ms")
+
+
+def _no_data(detail: str, samples: tuple[tuple[str, int], ...], started: float) -> Measurement:
+    """Nothing to judge, with the requests that were there (for `samples` in the API)."""
+    return Measurement.no_data(detail, started, time.time(), Comparison(samples))
 
 
 def _value(measure: str, view: WindowView) -> float | None:
