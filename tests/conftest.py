@@ -162,6 +162,12 @@ async def site(lab: LabStack) -> dict[str, Any]:
     return await asyncio.to_thread(lab.site)
 
 
+def step_of(view: dict[str, Any]) -> tuple[str, int]:
+    """(phase, 1-based step; 0 without a rollout) of a site's view."""
+    ro = view["rollout"]
+    return view["phase"], (ro["step"] if ro else 0)
+
+
 async def post(lab: LabStack, action: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST /api/v1/sites/odoo/<action> with the lab's token, off the event loop."""
     result: dict[str, Any] = await asyncio.to_thread(

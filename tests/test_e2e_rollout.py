@@ -27,6 +27,7 @@ from tests.conftest import (
     haproxy_servers,
     post,
     site,
+    step_of,
 )
 from tests.polling import until
 from watchdog.durations import parse_duration
@@ -62,11 +63,6 @@ def metric(lab: LabStack, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
-
-
-def step_of(view: dict[str, Any]) -> tuple[str, int]:
-    ro = view["rollout"]
-    return view["phase"], (ro["step"] if ro else 0)
 
 
 def describe(view: dict[str, Any]) -> str:

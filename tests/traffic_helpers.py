@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import step_of
 from tests.polling import until
 from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.nginx import NginxLab
@@ -66,11 +67,6 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 def rows(view: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     """The site JSON's rule rows by (rule, colour)."""
     return {(r["name"], r["color"]): r for r in view.get("rules", [])}
-
-
-def step_of(view: dict[str, Any]) -> tuple[str, int]:
-    ro = view["rollout"]
-    return view["phase"], (ro["step"] if ro else 0)
 
 
 def describe(view: dict[str, Any]) -> str:
