@@ -81,6 +81,7 @@ __all__ = [
     "SiteConfig",
     "SmokeCheck",
     "SmokeSettings",
+    "StoreConfig",
     "TrafficRule",
     "WeightStep",
     "check_template",
@@ -94,6 +95,22 @@ __all__ = [
 class ApiConfig(_Strict):
     listen: str = "127.0.0.1:9721"
     token_file: Path | None = None
+    # The URL other daemons and the CLI use to reach this one (DESIGN.md §15); default
+    # http://<listen>.
+    advertise: str | None = None
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value).rstrip("/")
+
+    @property
+    def url(self) -> str:
+        """The advertised URL, or http://<listen>."""
+        if self.advertise is not None:
+            return self.advertise
+        host, port = self.host_port
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @field_validator("listen")
     @classmethod
@@ -140,6 +157,35 @@ class AccessLogConfig(_Strict):
 class AlertmanagerConfig(_Strict):
     match: dict[str, str] = Field(default_factory=lambda: {"severity": "critical"})
     on_fire: OnFire = "rollback"
+
+
+class StoreConfig(_Strict):
+    """Where the state lives (docs/database.md "The daemons' own store"): SQLite under
+    `state_dir` (one daemon), or PostgreSQL, which several daemons share with a lease per site."""
+
+    kind: Literal["sqlite", "postgresql"] = "sqlite"
+    dsn_file: Path | None = None  # postgresql: a libpq conninfo or URI, a secret
+    lease: Duration = 10.0  # how long a daemon owns a site without renewing
+    instance: str | None = None  # this daemon's name among them; default hostname:pid
+
+    @model_validator(mode="after")
+    def _fits(self) -> StoreConfig:
+        if self.kind == "postgresql" and self.dsn_file is None:
+            raise ValueError("kind postgresql needs dsn_file (a file holding the conninfo)")
+        if self.kind == "sqlite" and self.dsn_file is not None:
+            raise ValueError("dsn_file is for kind postgresql; sqlite keeps state in state_dir")
+        if not 1.0 <= self.lease <= 300.0:
+            raise ValueError(f"lease must be between 1s and 5m, got {self.lease:g}s")
+        if self.instance is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}",
+                                                          self.instance):
+            raise ValueError(f"instance {self.instance!r}: use letters, digits, '_', '-', "
+                             "'.', ':' (at most 100)")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """Several daemons may run for the same sites: each site is leased."""
+        return self.kind == "postgresql"
 
 
 class NotifyTarget(_Strict):
@@ -401,6 +447,7 @@ class SiteConfig(_Strict):
 class DaemonConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     state_dir: Path = Path("/var/lib/odoo-watchdog")
+    store: StoreConfig = Field(default_factory=StoreConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     rule_files: list[str] = Field(default_factory=list)
     access_log: AccessLogConfig | None = None

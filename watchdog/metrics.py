@@ -17,7 +17,7 @@ STEP_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.
 # The state store's operations (store.py): writes of a decision, of an audit line, of the rule
 # and alert memory, the retry of what waits in memory; reads of a state or memory, of events;
 # the per-tick history of a rollout (the web page's charts).
-STORE_OPS = ("save", "record", "memory", "flush", "load", "read", "history")
+STORE_OPS = ("save", "record", "memory", "flush", "load", "read", "history", "lease")
 HTTP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 
 
@@ -104,6 +104,23 @@ class Metrics:
             "Operations the state store failed, by operation", ["op"], registry=r)
         for op in STORE_OPS:
             self.store_errors_total.labels(op)
+        # Several daemons on one PostgreSQL store (DESIGN.md §15).
+        self.site_owned = Gauge(
+            "odoo_watchdog_site_owned",
+            "1 while this daemon holds the site's lease (it alone may decide and touch the "
+            "router), 0 when another daemon or none does", ["site"], registry=r)
+        self.lease_epoch = Gauge(
+            "odoo_watchdog_lease_epoch",
+            "The epoch of the site's lease this daemon holds (each takeover adds one)",
+            ["site"], registry=r)
+        self.lease_changes_total = Counter(
+            "odoo_watchdog_lease_changes_total",
+            "Leases this daemon took or gave up, by event (acquired, released, lost, refused)",
+            ["site", "event"], registry=r)
+        self.daemons_up = Gauge(
+            "odoo_watchdog_daemons_up",
+            "Daemons whose heartbeat in the shared store is current (1 with SQLite)",
+            registry=r)
         # odoo_watchdog_http_requests_total{site,color,code},
         # odoo_watchdog_http_request_duration_seconds{site,color} (HTTP_BUCKETS) and the
         # access-log receiver's own counts: read from its plain counters at scrape time.
