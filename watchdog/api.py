@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from watchdog import payloads, rollout, views
 from watchdog.alerts import PayloadError
-from watchdog.daemon import Daemon, UnknownSite
+from watchdog.daemon import Daemon, NotOwner, UnknownSite
 from watchdog.prepare import DatabaseBusy, HasTraffic, NoDatabase, UnknownBackup
 from watchdog.secrets import SecretError, read_secret
 from watchdog.store import FINAL_PHASES, HISTORY_ROLLOUTS, HISTORY_TICKS, StoreError
@@ -71,6 +72,11 @@ class ApiToken:
 
 
 TOKEN: web.AppKey[ApiToken] = web.AppKey("token", ApiToken)
+SESSION: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("session", dict)
+# Set on a request one daemon passes on to another: never passed on a second time.
+FORWARDED = "X-Odoo-Watchdog-Forwarded"
+OWNER = "X-Odoo-Watchdog-Owner"  # on an answer: the daemon that owns the site
+PASS_ON_TIMEOUT = 30.0
 
 
 class BadRequest(Exception):
@@ -99,6 +105,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(400, str(exc))
     except UnknownSite as exc:
         return error(404, f"no site {exc.args[0]!r}")
+    except NotOwner as exc:  # owned elsewhere: the owner answers (docs/api.md "Several daemons")
+        return await pass_on(request, exc)
     except rollout.Conflict as exc:
         return error(409, str(exc), phase=exc.phase.value)
     except (DatabaseBusy, HasTraffic) as exc:
@@ -113,6 +121,47 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("api_error", path=request.path)
         return error(500, "internal error; see the daemon's log")
+
+
+async def _session(app: web.Application) -> aiohttp.ClientSession:
+    sessions = app[SESSION]
+    if "default" not in sessions:
+        sessions["default"] = aiohttp.ClientSession()
+    return sessions["default"]
+
+
+async def pass_on(request: web.Request, exc: NotOwner) -> web.StreamResponse:
+    """The request, as it came (body, token, X-Actor), to the daemon that owns the site; its
+    answer goes back unchanged, with the owner named in X-Odoo-Watchdog-Owner. 503 when no
+    daemon owns the site at the moment or its owner cannot be reached; a request already
+    passed on once is answered here (two daemons that disagree must not bounce it)."""
+    daemon = request.app[DAEMON]
+    owner = exc.owner
+    if owner is None:
+        return error(503, f"no daemon owns site {exc.site} at the moment (its lease expired "
+                     "and another daemon takes it within a lease); retry in a few seconds")
+    if request.headers.get(FORWARDED):
+        return error(503, f"site {exc.site} is not owned by {daemon.ownership.instance} "
+                     f"either (passed on by {request.headers[FORWARDED]}); its lease names "
+                     f"{owner['instance']}; retry in a few seconds", owner=owner)
+    headers = {FORWARDED: daemon.ownership.instance}
+    for name in ("Authorization", "X-Actor", "Content-Type"):
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    body = await read_body(request) if request.can_read_body else None
+    url = owner["api"].rstrip("/") + request.rel_url.path_qs
+    session = await _session(request.app)
+    try:
+        async with session.request(request.method, url, data=body, headers=headers,
+                                   allow_redirects=False,
+                                   timeout=aiohttp.ClientTimeout(total=PASS_ON_TIMEOUT)) as r:
+            payload = await r.read()
+            return web.Response(body=payload, status=r.status,
+                                content_type=r.content_type or "application/json",
+                                headers={OWNER: owner["instance"]})
+    except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        return error(503, f"site {exc.site} is owned by {owner['instance']}, which cannot "
+                     f"be reached at {owner['api']}: {err or type(err).__name__}", owner=owner)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -175,24 +224,64 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_sites(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view()})
+    return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view(),
+                              **daemon.daemons_view()})
+
+
+async def list_daemons(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON].daemons_view())
 
 
 async def alertmanager(request: web.Request) -> web.Response:
     """Alertmanager's webhook. 4xx for anything wrong: Alertmanager retries only 5xx, so a
     bad payload is refused once instead of looping."""
+    daemon = request.app[DAEMON]
     payload = await read_json(request)
     try:
-        receipt = await request.app[DAEMON].receive_alerts(payload)
+        receipt = await daemon.receive_alerts(payload)
     except PayloadError as exc:
-        request.app[DAEMON].metrics.alerts_received_total.labels("invalid").inc()
+        daemon.metrics.alerts_received_total.labels("invalid").inc()
         raise BadRequest(str(exc)) from None
-    return web.json_response({"status": "ok", **receipt.as_dict()})
+    passed = {}
+    if daemon.ownership.shared and not request.headers.get(FORWARDED):
+        passed = await _pass_alerts(request, payload)
+    return web.json_response({"status": "ok", **receipt.as_dict(),
+                              **({"passed_on": passed} if passed else {})})
 
 
-async def get_site(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[DAEMON].site_view(request.match_info["site"],
-                                                                 events=50))
+async def _pass_alerts(request: web.Request, payload: Any) -> dict[str, int | str]:
+    """The same webhook to each other daemon that owns a site named in it (each acts on its
+    own sites only): Alertmanager needs to know one daemon. {instance: status or error}."""
+    daemon = request.app[DAEMON]
+    alerts = payload.get("alerts") if isinstance(payload, dict) else None
+    names = {str(a["labels"]["site"]) for a in alerts or ()
+             if isinstance(a, dict) and isinstance(a.get("labels"), dict)
+             and "site" in a["labels"]}
+    out: dict[str, int | str] = {}
+    session = await _session(request.app)
+    headers = {FORWARDED: daemon.ownership.instance}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    for api, owner in daemon.owners_of(names).items():
+        try:
+            async with session.post(api + "/api/v1/alertmanager", json=payload, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=10)) as r:
+                out[owner["instance"]] = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            out[owner["instance"]] = f"cannot reach {api}: {err or type(err).__name__}"
+            log.warning("alerts_not_passed_on", owner=owner["instance"], error=str(err))
+    return out
+
+
+async def get_site(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    name = request.match_info["site"]
+    daemon.require_site(name)
+    if daemon.ownership.shared and not daemon.owns(name) and not request.headers.get(FORWARDED):
+        owner = daemon.ownership.owner(name)
+        if owner is not None:  # its owner shows rules and the router; without one, the store
+            return await pass_on(request, NotOwner(name, owner))
+    return web.json_response(await daemon.site_view(name, events=50))
 
 
 async def _command(request: web.Request, cmd: rollout.Command, status: int = 200) -> web.Response:
@@ -316,9 +405,17 @@ def create_app(daemon: Daemon, token: ApiToken | str | None) -> web.Application:
                           handler_args={"auto_decompress": False})
     app[DAEMON] = daemon
     app[TOKEN] = token if isinstance(token, ApiToken) else ApiToken(token)
+    app[SESSION] = {}
+
+    async def close_session(app: web.Application) -> None:
+        for session in app[SESSION].values():
+            await session.close()
+
+    app.on_cleanup.append(close_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/sites", list_sites)
+    app.router.add_get("/api/v1/daemons", list_daemons)
     app.router.add_get("/api/v1/sites/{site}", get_site)
     app.router.add_post("/api/v1/sites/{site}/rollouts", start_rollout)
     app.router.add_post("/api/v1/sites/{site}/promote", promote)

@@ -86,16 +86,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = client_from(args)
     while True:
         try:
+            daemons: list[dict[str, Any]] = []
             if args.site:
                 sites = [client.get(f"/api/v1/sites/{args.site}")]
             else:
-                sites = client.get("/api/v1/sites")["sites"]
+                answer = client.get("/api/v1/sites")
+                sites, daemons = answer["sites"], answer.get("daemons") or []
         except ApiError as exc:
             return _fail(exc.args[0])
         if args.json:
             print(json.dumps(sites if not args.site else sites[0], indent=2, sort_keys=True))
             return 0
-        text = "\n\n".join(render_site(s) for s in sites)
+        text = "\n\n".join(render_site(s, len(daemons) > 1) for s in sites)
+        if len(daemons) > 1:  # several daemons share the store: who is up, who owns what
+            text = render_daemons(daemons) + "\n\n" + text
         if not args.watch:
             print(text)
             return 0
@@ -118,10 +122,21 @@ def _ago(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(round(seconds))
 
 
-def render_site(site: dict[str, Any]) -> str:
+def render_daemons(daemons: list[dict[str, Any]]) -> str:
+    """The daemons whose heartbeat is current, one line each."""
+    lines = [f"{len(daemons)} daemons up:"]
+    for d in daemons:
+        lines.append(f"  {d['instance']} at {d['api']}: {d.get('sites', 0)} sites")
+    return "\n".join(lines)
+
+
+def render_site(site: dict[str, Any], owners: bool = False) -> str:
+    """The site's lines; `owners`: name the daemon that owns it (several share the store)."""
     ro = site.get("rollout")
+    owner = site.get("owner") if owners else None
     lines = [f"site {site['site']}: {site['phase']}, live {site['live']}, "
-             f"weights {_weights(site['weights'])}"]
+             f"weights {_weights(site['weights'])}"
+             + (f", owned by {owner['instance']}" if owner else "")]
     actual = site.get("actual_weights")
     if actual is not None and actual != site["weights"]:
         lines.append(f"  router reports {_weights(actual)} (being put back)")

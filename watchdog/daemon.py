@@ -24,6 +24,7 @@ from watchdog.accesslog import AccessLogReceiver
 from watchdog.alerts import AlertBook, Receipt
 from watchdog.config import LoadedConfig
 from watchdog.metrics import Metrics
+from watchdog.ownership import FencedRouter, Leases, Sole, default_instance
 from watchdog.prepare import DatabaseBusy, HasTraffic, Preparer
 from watchdog.rollout import (
     ApplyWeights,
@@ -45,7 +46,7 @@ from watchdog.siterouter import SiteRouter
 from watchdog.smoke import SmokeCredentials
 from watchdog.sources import Target, create_all
 from watchdog.sources.traffic import TrafficSource
-from watchdog.store import Store, StoreError
+from watchdog.store import Lease, LeaseLost, StoreError, open_store
 
 log = structlog.get_logger("odoo_watchdog")
 
@@ -58,14 +59,36 @@ class StartError(RuntimeError):
     """The daemon cannot start (a port taken, a secret unreadable); the message says why."""
 
 
+class NotOwner(RuntimeError):
+    """Another daemon holds the site's lease (or none does right now): `owner` is
+    {"instance", "api"} or None. The API passes the request on to that owner."""
+
+    def __init__(self, site: str, owner: dict[str, Any] | None) -> None:
+        self.site = site
+        self.owner = owner
+        who = f"{owner['instance']} ({owner['api']})" if owner else "no daemon, for the moment"
+        super().__init__(f"site {site} is owned by {who}")
+
+
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, clock: Callable[[], float] = time.time) -> None:
         crashpoints.announce()  # ODOO_WATCHDOG_CRASH_AT, for tests only: a WARNING
         self.clock = clock
         self.metrics = Metrics()
-        # Relative to the config's folder (`/` keeps an absolute state_dir as it is).
-        self.store = Store(loaded.path.parent / loaded.config.state_dir, clock)
+        # Relative to the config's folder (`/` keeps an absolute state_dir as it is); or
+        # PostgreSQL (store.kind), shared with other daemons: then each site is leased.
+        try:
+            self.store = open_store(loaded.config, loaded.path.parent, clock)
+        except (StoreError, SecretError) as exc:
+            raise StartError(str(exc)) from None
         self.store.on_error = lambda op: self.metrics.store_errors_total.labels(op).inc()
+        cfg = loaded.config
+        names = list(cfg.sites)
+        instance = cfg.store.instance or default_instance()
+        self.ownership: Sole | Leases = (
+            Leases(self.store, instance, cfg.api.url, cfg.store.lease, names, self.metrics,
+                   on_acquired=self._acquired, on_lost=self._lost, idle=self._idle)
+            if cfg.store.shared else Sole(instance, cfg.api.url, names))
         # A store that cannot write (docs/rollouts.md "Crash safety"): since when it was
         # reported; per site, a decision to make again once it writes (a step that ended, a
         # resume at start) and the rule and alert memory not yet stored; sites whose held
@@ -111,47 +134,113 @@ class Daemon:
                 self.smoke_credentials.configure(name, config, self.loaded.path.parent)
             except SecretError as exc:
                 raise StartError(str(exc)) from None
+        shared = self.ownership.shared
         for name, config in self.loaded.config.sites.items():
+            raw = routers.create(name, config)
+            router = SiteRouter(name, FencedRouter(raw, name, self.ownership.owns)
+                                if shared else raw, self.metrics, self.store)
+            # Until this daemon owns a shared site, its state is the stored one, for the views.
+            state = (await asyncio.to_thread(self.store.load, name) if shared else None) \
+                or rollout.initial(name, config.live)
+            self.sites[name] = SiteRuntime(name, config, router, state)
+        self.scheduler = AsyncIOScheduler()
+        for name in self.sites if not shared else ():
+            await self._activate(name)
+        self.scheduler.start()
+        self.notifier.start()
+        self._spawn(self.reloader.watch())
+        if shared:
+            await self.ownership.round()  # the first leases before the API answers
+            self._spawn(self.ownership.run())
+        self.started.set()
+
+    async def _activate(self, name: str) -> None:
+        """The site becomes this daemon's: its stored state (the last decision of whoever
+        owned it), its rule and alert memory, the router read back and set to the stored split,
+        what an interrupted step left cleaned up; then its tick is scheduled."""
+        runtime = self.sites[name]
+        config = runtime.config
+        async with runtime.lock:
             state = await asyncio.to_thread(self.store.load, name)
             if state is None:
                 state = rollout.initial(name, config.live)
                 await asyncio.to_thread(self.store.save, state, [Event(
                     "initialized", f"first start: {config.live} is live",
-                    "idle", "idle", dict(state.weights), actor="daemon")])
+                    "idle", "idle", dict(state.weights), actor="daemon")],
+                    fence=self.ownership.fence(name))
             memory = await asyncio.to_thread(self.store.load_memory, name)
+            self.rules.statuses.pop(name, None)  # what this daemon knew when it last owned it
+            self.alerts.firing.pop(name, None)
             restored = (self.rules.restore(name, memory["rules"]),
                         self.alerts.restore(name, memory["alerts"], self.clock()))
-            router = SiteRouter(name, routers.create(name, config), self.metrics, self.store)
-            runtime = self.sites[name] = SiteRuntime(name, config, router, state)
+            runtime.state = state
             site.export(self.metrics, name, state)
-            await router.check(state)
-            await router.reconcile(state)
+            await runtime.router.check(state)
+            await runtime.router.reconcile(state)
             # Before any step runs: what an interrupted clone, restore or migration left.
             await self.preparer.clean_up(name, config)
-            if state.phase is Phase.PREPARING:  # the step that ran when the daemon stopped
-                async with runtime.lock:
-                    await self._commit_or_defer(
-                        runtime, lambda s: rollout.resume(s, Resume(), self.clock()))
-            log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
-                     weights=state.weights, rules_restored=restored[0],
-                     alerts_restored=restored[1])
-        self.scheduler = AsyncIOScheduler()
-        for name, runtime in self.sites.items():
+            if state.phase is Phase.PREPARING:  # the step that ran when its owner stopped
+                await self._commit_or_defer(
+                    runtime, lambda s: rollout.resume(s, Resume(), self.clock()))
+        log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
+                 weights=state.weights, rules_restored=restored[0],
+                 alerts_restored=restored[1], instance=self.ownership.instance)
+        if self.scheduler is not None:
             self.scheduler.add_job(
                 self.tick, "interval", args=[name], id=f"tick:{name}",
-                seconds=runtime.config.rollout.interval, max_instances=1, coalesce=True,
-                next_run_time=datetime.now(), misfire_grace_time=None,
+                seconds=config.rollout.interval, max_instances=1, coalesce=True,
+                next_run_time=datetime.now(), misfire_grace_time=None, replace_existing=True,
             )
-        self.scheduler.start()
-        self.notifier.start()
-        self._spawn(self.reloader.watch())
-        self.started.set()
+
+    async def _acquired(self, name: str, lease: Lease) -> None:
+        await self._activate(name)
+        phase = self.sites[name].state.phase.value
+        await asyncio.to_thread(self.store.record, name, Event(
+            "lease_acquired", f"{self.ownership.instance} owns {name} now (lease epoch "
+            f"{lease.epoch})", phase, phase, dict(self.sites[name].state.weights),
+            actor="daemon"))
+
+    async def _lost(self, name: str, why: str) -> None:
+        """The site is not this daemon's any more: nothing more is decided or sent for it
+        (the router refuses changes already: FencedRouter); its tick stops, a step running
+        for it is cancelled (the new owner cleans up what it leaves, as after a crash)."""
+        runtime = self.sites.get(name)
+        if runtime is None:
+            return
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                self.scheduler.remove_job(f"tick:{name}")
+        self.preparer.cancel(name)
+        self._deferred.pop(name, None)
+        self._unsaved_memory.pop(name, None)
+        await runtime.router.close()  # timers that would send later (a drain's maint)
+        log.warning("site_released", site=name, why=why, instance=self.ownership.instance)
+
+    def _idle(self, name: str) -> bool:
+        """A site that may be handed to another daemon: no rollout running, no step."""
+        runtime = self.sites.get(name)
+        return runtime is not None and not runtime.state.active \
+            and not self.preparer.running(name) and not runtime.lock.locked()
+
+    def owns(self, name: str) -> bool:
+        return self.ownership.owns(name)
+
+    def require_owner(self, name: str) -> None:
+        """NotOwner (the API passes the request on) unless this daemon owns the site."""
+        self.require_site(name)
+        if not self.ownership.owns(name):
+            raise NotOwner(name, self.ownership.owner(name))
 
     async def stop(self) -> None:
-        """Finish the tick in progress, leave traffic as it is."""
+        """Finish the tick in progress, leave traffic as it is; give the leases up, so other
+        daemons take the sites at once instead of after a lease."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         await self.preparer.close()
+        for task in list(self._tasks):  # the lease round first: no new site while stopping
+            task.cancel()
+        with contextlib.suppress(StoreError):
+            await self.ownership.release_all()
         for runtime in self.sites.values():
             async with runtime.lock:
                 await runtime.router.close()
@@ -175,7 +264,7 @@ class Daemon:
 
     async def tick(self, name: str) -> None:
         runtime = self.sites.get(name)
-        if runtime is None:
+        if runtime is None or not self.ownership.owns(name):
             return
         try:
             await self._tick(runtime)
@@ -196,6 +285,8 @@ class Daemon:
         previous_healthy = await preflight.previous_healthy(runtime.config, state, self.clock())
         await self._remember(name)
         async with runtime.lock:
+            if not self.ownership.owns(name):
+                return  # lost while measuring: the new owner decides
             actual = await runtime.router.read()
             if not self.store.ok:  # the recorded split first: a locked store makes saves wait
                 await runtime.router.reconcile(runtime.state, known=actual is not None)
@@ -207,6 +298,8 @@ class Daemon:
                 rules = {**measured, **self._known_views(runtime)}
                 await self._commit_or_hold(runtime, rollout.tick(runtime.state, Tick(
                     self.clock(), rules, actual, checked, previous_healthy)))
+            if not self.ownership.owns(name):
+                return  # the commit was refused: another daemon owns the site now
             await runtime.router.reconcile(runtime.state, known=runtime.router.actual is not None)
         await self._save_history(runtime)
         if self.store.pending:  # audit lines wait: retry every tick, so it goes on by itself
@@ -231,7 +324,11 @@ class Daemon:
             return
         if self.store.ok:
             try:
-                await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts)
+                await asyncio.to_thread(self.store.save_memory, name, rules=rules, alerts=alerts,
+                                        fence=self.ownership.fence(name))
+                return
+            except LeaseLost as exc:
+                self.ownership.lost(name, str(exc))
                 return
             except StoreError:
                 pass
@@ -248,10 +345,15 @@ class Daemon:
         rows += [views.hold_row(v, state.target)
                  for v in runtime.router.views(state.target).values()]
         view = views.rollout_view(state, self.clock())
-        with contextlib.suppress(StoreError):
+        try:
             if view is not None:
                 await asyncio.to_thread(self.store.save_tick, runtime.name, view,
-                                        dict(state.weights), rows)
+                                        dict(state.weights), rows,
+                                        fence=self.ownership.fence(runtime.name))
+        except LeaseLost as exc:
+            self.ownership.lost(runtime.name, str(exc))
+        except StoreError:
+            pass
 
     def _tick_soon(self, name: str) -> None:
         """Bring the site's next tick forward to now (the scheduler still never runs two)."""
@@ -272,6 +374,8 @@ class Daemon:
         it probes the previous colour first when a failback may follow)."""
         runtime = self.sites[name]
         async with runtime.lock:
+            if not self.ownership.owns(name):
+                raise NotOwner(name, self.ownership.owner(name))
             rules = {**self.rules.views(name, runtime.state.target), **self._known_views(runtime)}
             decision = rollout.tick(runtime.state, Tick(self.clock(), rules,
                                                         runtime.router.actual,
@@ -282,7 +386,8 @@ class Daemon:
     def _lines_arrived(self, name: str) -> None:
         """The receiver had lines for `name` (at most every 100 ms): judge its
         traffic rules on them now, one judgement per site at a time."""
-        if name not in self.sites or not self.rules.fast_rules(name):
+        if name not in self.sites or not self.ownership.owns(name) \
+                or not self.rules.fast_rules(name):
             return
         if name in self._judging:
             self._lines_again.add(name)
@@ -318,8 +423,8 @@ class Daemon:
 
     async def receive_alerts(self, payload: Any) -> Receipt:
         """An Alertmanager webhook; PayloadError (a 400) when it is not one."""
-        receipt = self.alerts.receive(payload, set(self.sites),
-                                      self.loaded.config.alertmanager.match)
+        owned = {name for name in self.sites if self.ownership.owns(name)}
+        receipt = self.alerts.receive(payload, owned, self.loaded.config.alertmanager.match)
         for alert in receipt.firing + receipt.resolved:
             log.info("alert", site=alert.site, alert=alert.name, color=alert.color,
                      status=alert.status, summary=alert.summary)
@@ -328,15 +433,31 @@ class Daemon:
         for name in sorted(receipt.sites):
             await self._save_memory(name, None, self.alerts.memory(name))
         for name in sorted({a.site for a in receipt.firing}):
-            await self.decide_now(name)
+            with contextlib.suppress(NotOwner):  # lost since: its new owner hears it too
+                await self.decide_now(name)
         return receipt
+
+    def owners_of(self, names: set[str]) -> dict[str, dict[str, Any]]:
+        """The other daemons that own some of `names` now, by API URL: {api: owner}."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(names):
+            if name in self.sites and not self.ownership.owns(name):
+                owner = self.ownership.owner(name)
+                if owner is not None:
+                    out[owner["api"]] = owner
+        return out
 
     # ---------------------------------------------------------------- decisions
 
     async def _commit(self, runtime: SiteRuntime, decision: Decision) -> None:
         """Store first, then act: a crash between the two resumes from the stored split."""
         if decision.changed:
-            await asyncio.to_thread(self.store.save, decision.state, decision.events)
+            try:
+                await asyncio.to_thread(self.store.save, decision.state, decision.events,
+                                        fence=self.ownership.fence(runtime.name))
+            except LeaseLost as exc:  # another daemon took the site: act on nothing
+                self.ownership.lost(runtime.name, str(exc))
+                raise NotOwner(runtime.name, self.ownership.owner(runtime.name)) from None
             crashpoints.hit("after_save")
         runtime.state = decision.state
         for event in decision.events:
@@ -366,6 +487,8 @@ class Daemon:
         recorded one, no traffic moves, and the machine decides again on the next tick."""
         try:
             await self._commit(runtime, decision)
+        except NotOwner:
+            return True  # nothing to make again here: the site is another daemon's
         except StoreError as exc:
             if runtime.name not in self._held:  # once per site and episode
                 self._held.add(runtime.name)
@@ -404,6 +527,8 @@ class Daemon:
     async def _tell_every_site(self, kind: str, text: str, at: float | None = None) -> None:
         """A notification and an audit line (`at`: its time) for each site."""
         for name, runtime in self.sites.items():
+            if not self.ownership.owns(name):
+                continue
             phase, weights = runtime.state.phase.value, dict(runtime.state.weights)
             self.notifier.post(name, kind, f"{name}: {text}", phase=phase, weights=weights)
             await asyncio.to_thread(self.store.record, name,
@@ -424,7 +549,7 @@ class Daemon:
     async def step_done(self, name: str, done: StepDone) -> None:
         """A prepare step's task ended: the machine decides what follows."""
         runtime = self.sites.get(name)
-        if runtime is None:
+        if runtime is None or not self.ownership.owns(name):
             return
         async with runtime.lock:
             await self._commit_or_defer(
@@ -432,9 +557,10 @@ class Daemon:
         await self._check_store()
 
     async def command(self, name: str, cmd: rollout.Command) -> rollout.SiteState:
-        self.require_site(name)
+        self.require_owner(name)
         runtime = self.sites[name]
         async with runtime.lock:
+            self.require_owner(name)
             if isinstance(cmd, rollout.Start) and runtime.config.steps \
                     and self.preparer.running(name) and not runtime.state.active:
                 raise DatabaseBusy(f"a backup or restore of {name} is running; start the "
@@ -454,7 +580,7 @@ class Daemon:
 
     async def backup(self, name: str, color: str | None, actor: str) -> dict[str, Any]:
         """Start a backup of `color`'s database (default: the live colour's)."""
-        self.require_site(name)
+        self.require_owner(name)
         await self._require_store()
         runtime = self.sites[name]
         async with runtime.lock:
@@ -463,14 +589,14 @@ class Daemon:
         return {"id": backup_id, "color": chosen, "site": name}
 
     async def backups(self, name: str) -> list[dict[str, Any]]:
-        self.require_site(name)
+        self.require_owner(name)
         found = await asyncio.to_thread(self.preparer.list_backups, name)
         return [info.as_json() for info in found]
 
     async def restore(self, name: str, backup_id: str, to: str, *, force: bool,
                       actor: str) -> dict[str, Any]:
         """Start restoring a backup into `to`; refused while `to` has traffic unless force."""
-        self.require_site(name)
+        self.require_owner(name)
         await self._require_store()
         runtime = self.sites[name]
         async with runtime.lock:
@@ -546,9 +672,16 @@ class Daemon:
         if name not in self.sites:
             raise UnknownSite(name)
 
-    def snapshot(self, name: str) -> views.SiteSnapshot:
+    def snapshot(self, name: str,
+                 stored: rollout.SiteState | None = None) -> views.SiteSnapshot:
+        """What the API shows of the site; for a site another daemon owns, `stored` (its
+        state as the owner last committed it) and no more: its owner has the rest."""
         self.require_site(name)
         r = self.sites[name]
+        if not self.ownership.owns(name):
+            return views.SiteSnapshot(
+                r.name, stored or r.state, None, r.router.kind, None, {}, (), (), (), None,
+                r.config.rollout.interval, self.clock(), store=self.store.view())
         return views.SiteSnapshot(
             r.name, r.state, r.router.actual, r.router.kind, r.router.error, r.router.health,
             tuple(self.rules.rows(name)), tuple(r.router.views(r.state.target).values()),
@@ -556,12 +689,22 @@ class Daemon:
             r.last_tick, r.config.rollout.interval, self.clock(), store=self.store.view())
 
     async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
-        snap = self.snapshot(name)
+        self.require_site(name)
+        stored = (await asyncio.to_thread(self.store.load, name)
+                  if self.ownership.shared and not self.ownership.owns(name) else None)
+        snap = self.snapshot(name, stored)
         recent = await asyncio.to_thread(self.store.events, name, events) if events else None
-        return views.site_view(snap, recent)
+        view = views.site_view(snap, recent)
+        view["owner"] = self.ownership.owner(name)
+        return view
 
     async def sites_view(self) -> list[dict[str, Any]]:
         return [await self.site_view(name) for name in self.sites]
+
+    def daemons_view(self) -> dict[str, Any]:
+        """Every daemon that is up (its heartbeat is current), with how many sites it owns."""
+        return {"instance": self.ownership.instance, "api": self.ownership.api,
+                "store": self.loaded.config.store.kind, "daemons": self.ownership.daemons()}
 
     def config_view(self) -> dict[str, Any]:
         return self.reloader.view()
