@@ -154,7 +154,8 @@ INSERT_EVENT = (
 SAVE_MEMORY = (
     "INSERT INTO memory (site, rules, alerts, updated_at) "
     "VALUES (?, coalesce(?, '[]'), coalesce(?, '[]'), ?) "
-    "ON CONFLICT(site) DO UPDATE SET rules = coalesce(?, rules), alerts = coalesce(?, alerts), "
+    "ON CONFLICT(site) DO UPDATE SET rules = coalesce(?, memory.rules), "
+    "alerts = coalesce(?, memory.alerts), "
     "updated_at = excluded.updated_at"
 )
 
