@@ -71,6 +71,15 @@ class Metrics:
         self.router_drift_total = Counter("odoo_watchdog_router_drift_total",
                                           "Times the router's split differed from the desired "
                                           "one and was put back", ["site"], registry=r)
+        # Several proxy nodes in front of one site (router `sockets`, DESIGN.md §15).
+        self.router_node_up = Gauge(
+            "odoo_watchdog_router_node_up",
+            "1 when the proxy node answered and has the stored split, 0 when it does not",
+            ["site", "node"], registry=r)
+        self.router_node_weight = Gauge(
+            "odoo_watchdog_router_node_weight",
+            "The split the proxy node reports, percent; absent while it does not answer",
+            ["site", "node", "color"], registry=r)
         self.alerts_received_total = Counter("odoo_watchdog_alerts_received_total",
                                              "Alertmanager alerts received", ["status"],
                                              registry=r)

@@ -12,24 +12,45 @@ in the store's memory until it can be written.
 Every read also takes the proxy's own health checks (`Router.health`): a candidate the proxy
 marks DOWN gets no traffic whatever its weight, so it holds the rollout as the rule
 `proxy:health` and fails preflight; the API and `status` show what the proxy said.
+
+With several proxy nodes (HAProxy `sockets`, a `routers.NodeRouter`) the split counts only when
+every node has it: the repair is per node (a node that drifted, was restarted or did not answer
+gets the stored split again; the nodes that have it are not touched), a rule view
+`router:nodes` holds the rollout while any node lacks it, `router.nodes` in the site view and
+`odoo_watchdog_router_node_up` / `_node_weight` show each node, and a node failing for longer
+than `router.node_deadline` is an alert (`on_alert`, and `router_node_down` in the audit log
+once per episode; `router_node_back` when it has the split again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from watchdog import crashpoints
 from watchdog.metrics import Metrics
 from watchdog.rollout import Event, RuleView, SiteState, Weights
-from watchdog.routers import Router, RouterError, ServerHealth, format_weights
+from watchdog.routers import (
+    NodeRouter,
+    NodeStatus,
+    Router,
+    RouterError,
+    ServerHealth,
+    format_weights,
+)
 from watchdog.rules import State
+from watchdog.schema import COLORS
 from watchdog.store import Store
 
 log = structlog.get_logger("odoo_watchdog")
 PROXY_RULE = "proxy:health"  # the name the proxy's own check has among the rules
+NODES_RULE = "router:nodes"  # the nodes' agreement on the split, among the rules
+NODE_DOWN = "router_node_down"  # audit event and notification kind: a node failed too long
+NODE_BACK = "router_node_back"  # and has the split again
 
 
 def audit_event(state: SiteState, kind: str, message: str) -> Event:
@@ -41,14 +62,23 @@ def audit_event(state: SiteState, kind: str, message: str) -> Event:
 
 
 class SiteRouter:
-    def __init__(self, site: str, router: Router, metrics: Metrics, store: Store) -> None:
+    def __init__(self, site: str, router: Router, metrics: Metrics, store: Store,
+                 on_alert: Callable[[str, str], None] | None = None) -> None:
+        """`on_alert(kind, message)`: called for `router_node_down` and `router_node_back`
+        (the daemon passes its notifier's post)."""
         self.site = site
         self.router = router
         self.metrics = metrics
         self.store = store
+        self.on_alert = on_alert
         self.actual: Weights | None = None  # the split the router last reported
         self.error: str | None = None  # the last failure, until an operation succeeds
         self.health: dict[str, ServerHealth] = {}  # the proxy's own checks, at the last read
+        self.desired: Weights | None = None  # the stored split, as of the last apply/reconcile
+        # With several nodes: since when (monotonic) each node lacks the split, and the nodes
+        # whose episode was alerted as down.
+        self._failing: dict[str, float] = {}
+        self._down: set[str] = set()
 
     @property
     def kind(self) -> str:
@@ -89,10 +119,14 @@ class SiteRouter:
                 log.error("router_error", site=self.site, error=str(exc))
             self.error = str(exc)
             self.actual = None
+            if self._nodes() is not None:  # the nodes that answered still have checks
+                self._track()
+                await self._read_health()
             return None
         self._count("ok", started)
         self.error = None
         self.actual = actual
+        self._track()
         await self._read_health()
         return actual
 
@@ -107,20 +141,163 @@ class SiteRouter:
 
     def views(self, color: str) -> dict[str, RuleView]:
         """The proxy's check as a rule of `color`: holding (a rollout does not advance, a bake
-        does not end) while the proxy itself takes the server out as DOWN."""
+        does not end) while the proxy itself takes the server out as DOWN. With several
+        nodes, also `router:nodes`: holding while any node lacks the stored split."""
+        out: dict[str, RuleView] = {}
         health = self.health.get(color)
-        if health is None or not health.down:
-            return {}
-        return {PROXY_RULE: RuleView(PROXY_RULE, State.HOLDING, "notify", None, "UP",
-                                     f"{self.kind} marks {color} {health.describe()}")}
+        if health is not None and health.down:
+            out[PROXY_RULE] = RuleView(PROXY_RULE, State.HOLDING, "notify", None, "UP",
+                                       f"{self.kind} marks {color} {health.describe()}")
+        nodes = self._nodes()
+        if nodes is not None:
+            statuses = nodes.nodes()
+            lacking = [(n.socket, why) for n in statuses if (why := self._lacks(n))]
+            if lacking:
+                split = format_weights(self.desired) if self.desired else "one split"
+                out[NODES_RULE] = RuleView(
+                    NODES_RULE, State.HOLDING, "notify", float(len(lacking)),
+                    f"all {len(statuses)} nodes have the split",
+                    f"{len(lacking)} of {len(statuses)} {self.kind} nodes do not have {split}: "
+                    + "; ".join(f"{sock} {why}" for sock, why in lacking))
+        return out
+
+    # ---------------------------------------------------------------- several nodes
+
+    def _nodes(self) -> NodeRouter | None:
+        return self.router if isinstance(self.router, NodeRouter) else None
+
+    def _lacks(self, node: NodeStatus) -> str | None:
+        """Why `node` does not have the stored split (None: it has it)."""
+        if not node.ok or node.weights is None:
+            return f"failed: {node.error or 'no answer'}"
+        if self.desired is not None and node.weights != self.desired:
+            return (f"reports {format_weights(node.weights)}, desired is "
+                    f"{format_weights(self.desired)}")
+        return None
+
+    def _track(self) -> None:
+        """After every read or write of the nodes: since when each lacks the split, the
+        per-node metrics, and a log line when a node starts or stops lacking it."""
+        nodes = self._nodes()
+        if nodes is None:
+            return
+        now = time.monotonic()
+        for node in nodes.nodes():
+            why = self._lacks(node)
+            self.metrics.router_node_up.labels(self.site, node.socket).set(0 if why else 1)
+            for color in COLORS:
+                if node.weights is not None:
+                    self.metrics.router_node_weight.labels(self.site, node.socket, color).set(
+                        node.weights[color])
+                else:  # absent while unknown, rather than a value it no longer has
+                    try:
+                        self.metrics.router_node_weight.remove(self.site, node.socket, color)
+                    except KeyError:
+                        pass
+            if why and node.socket not in self._failing:
+                self._failing[node.socket] = now
+                log.warning("router_node_failing", site=self.site, node=node.socket, why=why)
+            elif not why and node.socket in self._failing:
+                del self._failing[node.socket]
+                log.info("router_node_ok", site=self.site, node=node.socket)
+
+    async def _alert_nodes(self, state: SiteState) -> None:
+        """`router_node_down` once per episode for a node lacking the split longer than the
+        deadline, `router_node_back` when it has it again: audit log and `on_alert`."""
+        nodes = self._nodes()
+        if nodes is None:
+            return
+        now = time.monotonic()
+        for node in nodes.nodes():
+            since = self._failing.get(node.socket)
+            if since is not None and node.socket not in self._down \
+                    and now - since >= nodes.node_deadline:
+                self._down.add(node.socket)
+                await self._alert(state, NODE_DOWN, (
+                    f"{self.kind} node {node.socket} has not had the split "
+                    f"{format_weights(state.weights)} for {now - since:.0f}s: "
+                    f"{self._lacks(node)}; rollouts of {self.site} hold until it has"))
+            elif since is None and node.socket in self._down:
+                self._down.discard(node.socket)
+                await self._alert(state, NODE_BACK, (
+                    f"{self.kind} node {node.socket} has the split "
+                    f"{format_weights(state.weights)} again"))
+
+    async def _alert(self, state: SiteState, kind: str, message: str) -> None:
+        if kind == NODE_DOWN:
+            log.error(kind, site=self.site, message=message)
+        else:
+            log.info(kind, site=self.site, message=message)
+        await self._record(state, kind, message)
+        if self.on_alert is not None:
+            self.on_alert(kind, message)
+
+    def node_views(self) -> list[dict[str, Any]] | None:
+        """`router.nodes` of the site view: each node with whether it has the stored split,
+        what it reports, why not, and for how many seconds it has lacked it. None with one
+        proxy."""
+        nodes = self._nodes()
+        if nodes is None:
+            return None
+        now = time.monotonic()
+        out = []
+        for node in nodes.nodes():
+            why = self._lacks(node)
+            since = self._failing.get(node.socket)
+            out.append({"node": node.socket, "ok": why is None,
+                        "weights": dict(node.weights) if node.weights is not None else None,
+                        "error": why,
+                        "since": round(now - since, 3) if why and since is not None else None})
+        return out
+
+    async def _reconcile_nodes(self, state: SiteState, nodes: NodeRouter,
+                               actual: Weights | None) -> None:
+        """Put the stored split back on each node that lacks it, and on no other."""
+        desired = dict(state.weights)
+        statuses = nodes.nodes()
+        if any(n.ok for n in statuses):
+            try:
+                await self.router.settle()
+            except RouterError as exc:
+                log.error("router_error", site=self.site, error=str(exc))
+        stale = [n for n in statuses if self._lacks(n)]
+        drifted = [n for n in stale if n.ok and n.weights is not None]
+        if drifted:
+            self.metrics.router_drift_total.labels(self.site).inc()
+            log.warning("drift", site=self.site, nodes=[n.socket for n in drifted],
+                        weights=desired)
+            await self._record(state, "drift", "; ".join(n.describe() for n in drifted)
+                               + f"; desired is {format_weights(desired)}: putting it back")
+        if stale:
+            started = time.monotonic()
+            results = await nodes.set_on([n.socket for n in stale], desired, drain=False)
+            for result in results:
+                self._count("ok" if result.ok else "error", started)
+            if all(r.ok for r in results):
+                crashpoints.hit("after_router")
+        lacking = [n for n in nodes.nodes() if self._lacks(n)]
+        if lacking:
+            self.actual = None
+            self.error = (f"{len(lacking)} of {len(statuses)} {self.kind} nodes do not have "
+                          f"{format_weights(desired)}: "
+                          + "; ".join(f"{n.socket} {self._lacks(n)}" for n in lacking))
+        elif actual != desired or stale:
+            self.actual = desired
+            self.error = None
+        self._track()
+        await self._alert_nodes(state)
 
     async def apply(self, state: SiteState, weights: Weights, drain: bool) -> bool:
         started = time.monotonic()
+        self.desired = dict(weights)
         try:
             await self.router.set_weights(weights, drain=drain)
         except RouterError as exc:
             self._count("error", started)
             self.error = str(exc)
+            if self._nodes() is not None:  # some nodes may have it, some not: no one split
+                self.actual = None
+                self._track()
             log.error("router_error", site=self.site, error=str(exc), weights=weights)
             await self._record(state, "router_error",
                                f"setting {format_weights(weights)} failed: {exc}")
@@ -129,6 +306,7 @@ class SiteRouter:
         self._count("ok", started)
         self.error = None
         self.actual = dict(weights)
+        self._track()
         return True
 
     async def reconcile(self, state: SiteState, known: bool = False) -> None:
@@ -139,6 +317,11 @@ class SiteRouter:
         """
         actual = self.actual if known else await self.read()
         desired = state.weights
+        self.desired = dict(desired)
+        nodes = self._nodes()
+        if nodes is not None:
+            await self._reconcile_nodes(state, nodes, actual)
+            return
         if actual is not None:
             try:
                 await self.router.settle()

@@ -32,6 +32,9 @@ class SiteSnapshot:
     now: float
     # The state store's health (Store.view()): {"ok", "error", "since", "path", "pending"}.
     store: dict[str, Any] | None = None
+    # With several proxy nodes (`sockets`): SiteRouter.node_views(), one row per node
+    # {"node", "ok", "weights", "error", "since"}; None with one proxy.
+    nodes: list[dict[str, Any]] | None = None
 
 
 def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -43,9 +46,7 @@ def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) ->
         "target": state.target,
         "weights": state.weights,
         "actual_weights": snap.actual,
-        "router": {"kind": snap.router_kind, "error": snap.router_error,
-                   "servers": {color: {"state": h.state, "check": h.check, "down": h.down}
-                               for color, h in sorted(snap.proxy.items())}},
+        "router": router_view(snap),
         "previous": ({"color": state.previous, "until": state.previous_until}
                      if state.previous else None),
         "rollout": rollout_view(state, snap.now),
@@ -59,6 +60,19 @@ def site_view(snap: SiteSnapshot, events: list[dict[str, Any]] | None = None) ->
     }
     if events is not None:
         view["events"] = events
+    return view
+
+
+def router_view(snap: SiteSnapshot) -> dict[str, Any]:
+    """The switch: its kind, last error, the proxy's check of each colour, and with several
+    proxy nodes each node (`nodes`: whether it has the stored split, what it reports, why not,
+    seconds it has lacked it)."""
+    view: dict[str, Any] = {
+        "kind": snap.router_kind, "error": snap.router_error,
+        "servers": {color: {"state": h.state, "check": h.check, "down": h.down}
+                    for color, h in sorted(snap.proxy.items())}}
+    if snap.nodes is not None:
+        view["nodes"] = [dict(node) for node in snap.nodes]
     return view
 
 

@@ -69,6 +69,7 @@ class LabStack:
         site_extra: dict[str, Any] | None = None,
         prometheus: bool = True,
         rules: str | None = None,
+        haproxy_nodes: int = 1,
     ) -> None:
         self.workdir = workdir
         self.interval = interval
@@ -95,6 +96,10 @@ class LabStack:
         self.blue = StandinProcess("blue", workdir / "blue", version="16.0")
         self.green = StandinProcess("green", workdir / "green", version="17.0")
         self.haproxy: HaproxyLab | None = None
+        # More than one: that many HAProxy nodes in front of the site, and the router has
+        # `sockets` and `state_files` (DESIGN.md §15); `haproxy` is the first of `haproxies`.
+        self.haproxy_nodes = haproxy_nodes
+        self.haproxies: list[HaproxyLab] = []
         self.prometheus: PrometheusLab | None = None
         self.daemon: ManagedProcess | None = None
         self.config_path = workdir / "watchdog.yml"
@@ -109,7 +114,11 @@ class LabStack:
         self.green.start()
         self.haproxy = HaproxyLab(self.workdir / "haproxy", self.blue.port, self.green.port,
                                   syslog_port=self.syslog_port)
-        self.haproxy.start()
+        self.haproxies = [self.haproxy] + [
+            HaproxyLab(self.workdir / f"haproxy-{index + 1}", self.blue.port, self.green.port)
+            for index in range(1, self.haproxy_nodes)]
+        for node in self.haproxies:
+            node.start()
         if self.with_prometheus:
             self.prometheus = PrometheusLab(
                 self.workdir / "prometheus", scrape_interval=self.scrape,
@@ -140,9 +149,7 @@ class LabStack:
             **({"notify": [{"kind": "webhook", "url": self.notify_url, "timeout": "2s"}]}
                if self.notify_url else {}),
             "sites": {"odoo": {
-                "router": {"kind": "haproxy", "socket": str(self.haproxy.admin_socket),
-                           "backend": "odoo", "state_file": str(self.haproxy.state_file),
-                           "drain_timeout": "2s"},
+                "router": self._router_config(),
                 "colors": {
                     "blue": {"server": "odoo-blue", "url": self.blue.url,
                              "log_file": str(self.blue.log_file)},
@@ -159,6 +166,17 @@ class LabStack:
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
+    def _router_config(self) -> dict[str, Any]:
+        assert self.haproxy is not None
+        if len(self.haproxies) > 1:
+            return {"kind": "haproxy",
+                    "sockets": [str(node.admin_socket) for node in self.haproxies],
+                    "backend": "odoo",
+                    "state_files": [str(node.state_file) for node in self.haproxies],
+                    "drain_timeout": "2s"}
+        return {"kind": "haproxy", "socket": str(self.haproxy.admin_socket), "backend": "odoo",
+                "state_file": str(self.haproxy.state_file), "drain_timeout": "2s"}
+
     def start_daemon(self, env: dict[str, str] | None = None) -> ManagedProcess:
         """The daemon as a process; `env` is added to ours (the chaos test's
         ODOO_WATCHDOG_CRASH_AT)."""
@@ -174,7 +192,7 @@ class LabStack:
         return self.daemon
 
     def stop(self) -> None:
-        for proc in (self.daemon, self.prometheus, self.haproxy):
+        for proc in (self.daemon, self.prometheus, *self.haproxies):
             if proc is not None:
                 proc.stop()
         self.blue.stop()

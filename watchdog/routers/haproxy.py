@@ -8,6 +8,10 @@ users finish their session) and to `maint` after `drain_timeout`. The result is 
 with `show servers state` and any difference is an error. After every change the whole
 `show servers state` is written to `state_file` (haproxy.cfg's `server-state-file`), so an
 HAProxy reload keeps the split instead of falling back to the weights in haproxy.cfg.
+
+`sockets: [...]` instead of `socket:` puts several HAProxy nodes in front of one site (DESIGN.md
+§15): one `HaproxyRouter` per node, each with its own `state_files` entry, behind one
+`MultiRouter` (`multi.py`) that applies and reads back the split on all of them.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from watchdog.routers.base import (
+    Router,
     RouterConfigBase,
     RouterError,
     ServerHealth,
@@ -31,6 +36,7 @@ from watchdog.routers.base import (
     validate_weights,
     write_atomic,
 )
+from watchdog.routers.multi import MultiRouter
 from watchdog.schema import COLORS, Duration
 
 if TYPE_CHECKING:
@@ -58,16 +64,64 @@ class HaproxyRouterConfig(RouterConfigBase):
     """HAProxy's runtime API; `server` of each colour is the HAProxy server name."""
 
     kind: Literal["haproxy"]
-    socket: str  # a unix socket path, or host:port of a TCP stats socket
+    # A unix socket path, or host:port of a TCP stats socket; or `sockets`, one per HAProxy
+    # node in front of the site (exactly one of the two).
+    socket: str | None = None
+    sockets: list[str] | None = Field(None, min_length=1, max_length=16)
     backend: str  # the HAProxy backend, which is also the site's `backend`
     # Where `show servers state` is written after every change, so a reload keeps the split;
-    # the same path as `server-state-file` in haproxy.cfg.
+    # the same path as `server-state-file` in haproxy.cfg. With `sockets`: `state_files`, one
+    # per node in the same order (or none).
     state_file: Path | None = None
+    state_files: list[Path] | None = None
     drain_timeout: Duration = Field(30.0, ge=0)  # drain, then maint, for a colour given up
     timeout: Duration = Field(2.0, gt=0)
+    # With `sockets`: how long a node may fail (unreachable, or not taking the split) before
+    # it is an alert (a notification, the audit event `router_node_down`).
+    node_deadline: Duration = Field(30.0, gt=0)
 
-    def create(self, site_name: str, site: SiteConfig) -> HaproxyRouter:
-        return HaproxyRouter(site_name, site)
+    @model_validator(mode="after")
+    def _one_kind_of_socket(self) -> HaproxyRouterConfig:
+        if (self.socket is None) == (self.sockets is None):
+            raise ValueError("give exactly one of socket (one HAProxy) and sockets (a list, "
+                             "one per HAProxy node)")
+        if self.sockets is None:
+            if self.state_files is not None:
+                raise ValueError("state_files goes with sockets; with socket, use state_file")
+            return self
+        repeated = sorted({s for s in self.sockets if self.sockets.count(s) > 1})
+        if repeated:
+            raise ValueError(f"sockets names {repeated[0]} more than once")
+        if self.state_file is not None:
+            raise ValueError("with sockets, give state_files (one per node), not state_file")
+        if self.state_files is not None:
+            if len(self.state_files) != len(self.sockets):
+                raise ValueError(f"state_files has {len(self.state_files)} entries and sockets "
+                                 f"{len(self.sockets)}: give one per node, in the same order")
+            paths = [str(p) for p in self.state_files]
+            shared = sorted({p for p in paths if paths.count(p) > 1})
+            if shared:
+                raise ValueError(f"state_files names {shared[0]} more than once: each node "
+                                 "needs its own (each holds that node's state)")
+        return self
+
+    def nodes(self) -> list[tuple[str, Path | None]]:
+        """(socket, state file) of each HAProxy node, in the config's order."""
+        if self.sockets is None:
+            assert self.socket is not None
+            return [(self.socket, self.state_file)]
+        files: list[Path | None] = (list(self.state_files) if self.state_files is not None
+                                    else [None] * len(self.sockets))
+        return list(zip(self.sockets, files, strict=True))
+
+    def create(self, site_name: str, site: SiteConfig) -> Router:
+        if self.sockets is None:
+            return HaproxyRouter(site_name, site)
+        return MultiRouter(
+            "haproxy", [(sock, HaproxyRouter(site_name, site, socket=sock, state_file=path))
+                        for sock, path in self.nodes()],
+            # a switch is at most three runtime-API calls (verify, switch, name the error)
+            node_timeout=3 * self.timeout, node_deadline=self.node_deadline)
 
 
 @dataclass(frozen=True)
@@ -142,7 +196,10 @@ class RuntimeApi:
 class HaproxyRouter:
     kind = "haproxy"
 
-    def __init__(self, site_name: str, site: SiteConfig) -> None:
+    def __init__(self, site_name: str, site: SiteConfig, *, socket: str | None = None,
+                 state_file: Path | None = None) -> None:
+        """`socket` and `state_file`: one node of `sockets` (and its `state_files` entry);
+        by default the config's `socket` and `state_file`."""
         config = site.router
         if not isinstance(config, HaproxyRouterConfig):
             raise RouterError(f"site {site_name!r}: router kind is {config.kind}, not haproxy")
@@ -150,7 +207,14 @@ class HaproxyRouter:
         self.config = config
         self.backend = config.backend
         self.servers = {color: site.colors[color].server for color in COLORS}
-        self.api = RuntimeApi(config.socket, config.timeout)
+        if socket is None:
+            if config.socket is None:
+                raise RouterError(f"site {site_name!r}: this HAProxy router has sockets; "
+                                  "name the node's socket")
+            socket, state_file = config.socket, config.state_file
+        self.socket = socket
+        self.state_file = state_file
+        self.api = RuntimeApi(socket, config.timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._verified = False
 
@@ -259,13 +323,12 @@ class HaproxyRouter:
 
     async def save_state(self) -> None:
         """Write `show servers state` (all backends) to state_file, atomically."""
-        path = self.config.state_file
-        if path is None:
+        if self.state_file is None:
             return
         await self._save(await self.api.send("show servers state"))
 
     async def _save(self, answer: str) -> None:
-        path = self.config.state_file
+        path = self.state_file
         if path is None:
             return
         if not answer.lstrip().startswith("1"):
@@ -281,7 +344,7 @@ class HaproxyRouter:
         level = (await self.api.send("show cli level")).strip()
         if level != "admin":
             raise RouterError(
-                f"HAProxy runtime API {self.config.socket} is at level {level or 'unknown'!r}; "
+                f"HAProxy runtime API {self.socket} is at level {level or 'unknown'!r}; "
                 "switching traffic needs `stats socket ... level admin`"
             )
         states = await self.server_states()
@@ -293,7 +356,7 @@ class HaproxyRouter:
                               "checks report down")
 
     def _check_state_file(self) -> None:
-        path = self.config.state_file
+        path = self.state_file
         if path is not None and not os.access(path.parent, os.W_OK):
             raise RouterError(f"cannot write HAProxy server state file {path}: directory not "
                               "writable")
@@ -312,7 +375,7 @@ class HaproxyRouter:
         template = _KNOWN_ERRORS.get(first)
         if template is not None:
             raise RouterError(template.format(backend=self.backend, server=server,
-                                              socket=self.config.socket))
+                                              socket=self.socket))
         if "static LB algorithm" in first:
             raise RouterError(
                 f"HAProxy backend {self.backend} uses a static balance algorithm, which only "

@@ -1,7 +1,9 @@
 """The one list of router kinds: `router.kind` in the config picks one of these models.
 
 Adding a kind is a module beside `haproxy.py` (its `XRouterConfig` model with `kind`,
-`backend` and `create()`, and its router class) plus one name in `RouterConfig` here.
+`backend` and `create()`, and its router class) plus one name in `RouterConfig` here. A kind
+with several proxy nodes per site (HAProxy's `sockets`) returns a `multi.MultiRouter` of
+one router per node from its `create()`: still one `Router`.
 """
 
 from __future__ import annotations
