@@ -94,7 +94,8 @@ def test_exactly_one_owner_and_every_daemon_agrees(cluster: Cluster) -> None:
     seen = wait(lambda: (o := cluster.owners()) and len(o) == 3
                  and set(o.values()) == {owner} and o, timeout=5, what="all agree")
     assert set(seen.values()) == {owner}
-    daemons = cluster.get(0, "/api/v1/daemons")["daemons"]
+    daemons = wait(lambda: (d := cluster.get(0, "/api/v1/daemons")["daemons"])
+                   and len(d) == 3 and d, timeout=5, what="three daemons up")
     assert sorted(d["instance"] for d in daemons) == cluster.names
     assert sum(d["sites"] for d in daemons) == 1
 
@@ -147,10 +148,13 @@ def test_a_stopped_owner_is_fenced_out_and_sends_nothing_after_it_wakes(
     cluster.signal(index, signal.SIGCONT)
     new_index = cluster.index(new)
     wait(lambda: phase(cluster, new_index) == "promoted", timeout=30, what="promotion")
-    time.sleep(LEASE)  # whatever the old owner had in flight has had its chance to go out
-    assert cluster.sent_by(owner, since=woke) == [], "the fenced-out owner touched HAProxy"
-    # and it knows: it no longer claims the site, the new owner does
-    assert cluster.owners()[owner] == new
+    promoted = time.monotonic()
+    # Up to the promotion (after it, an idle site may be handed back to the daemon it
+    # prefers, which may be the one that slept): the old owner sent nothing at all, and the
+    # new owner did the steps.
+    assert [s for s in cluster.sent_by(owner, since=woke) if s.at < promoted] == [], \
+        "the fenced-out owner touched HAProxy"
+    assert [s for s in cluster.sent_by(new, since=stopped) if s.at < promoted]
     log = (cluster.workdir / f"{owner}.log").read_text()
     assert "lease_lost" in log or "lease_refused" in log
 
@@ -167,7 +171,10 @@ def test_postgresql_away_holds_every_decision_and_the_rollout_resumes(
             start_rollout(c, via=i)
             wait(lambda: c.get(i, "/api/v1/sites/odoo")["weights"]["green"] == 10,
                   timeout=10, what="the first step")
-            pg.process.stop()  # the database goes away (its data stays)
+            # The database goes away (fast shutdown: its sessions are cut; its data stays).
+            pg.process.signal(signal.SIGINT)
+            wait(lambda: not pg.process.running(), timeout=20, what="PostgreSQL stopped")
+            pg.process.stop()
             gone = time.monotonic()
             time.sleep(3 * LEASE)
             away = [s for s in c.sent if s.at > gone + LEASE]
@@ -185,7 +192,7 @@ def test_postgresql_away_holds_every_decision_and_the_rollout_resumes(
 async def test_sites_spread_over_the_daemons_that_are_up(postgres: PostgresLab) -> None:
     """Three lease keepers in one process on the real store, 30 sites: each site has one
     owner, each keeper about a third; when one stops, the others take its sites."""
-    from watchdog.store import PgStore  # the helper's module: imported here, used directly
+    from watchdog.store_pg import PgStore
 
     database = f"wdspread_{int(time.time() * 1000) % 10**9}"
     postgres.psql(f'CREATE DATABASE "{database}"')
@@ -215,7 +222,7 @@ async def test_sites_spread_over_the_daemons_that_are_up(postgres: PostgresLab) 
         assert sum(counts) == 30
         assert all(set(a).isdisjoint(b) for a in owned.values() for b in owned.values()
                    if a is not b)
-        assert counts[0] >= 5, f"uneven spread: {counts}"
+        assert counts == [10, 10, 10], f"uneven spread: {counts}"
         gone = keepers.pop()  # k2 stops without a word: its leases expire
         await asyncio.sleep(2.2)
         for _ in range(3):
@@ -223,6 +230,7 @@ async def test_sites_spread_over_the_daemons_that_are_up(postgres: PostgresLab) 
                 await k.round()
         assert len(owned["k0"] | owned["k1"]) == 30
         assert owned["k0"].isdisjoint(owned["k1"])
+        assert sorted(len(v) for k, v in owned.items() if k != "k2") == [15, 15]
         assert gone.instance == "k2"
     finally:
         for s in stores:

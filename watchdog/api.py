@@ -148,7 +148,7 @@ async def pass_on(request: web.Request, exc: NotOwner) -> web.StreamResponse:
     for name in ("Authorization", "X-Actor", "Content-Type"):
         if name in request.headers:
             headers[name] = request.headers[name]
-    body = await read_body(request) if request.can_read_body else None
+    body = await read_body(request)  # aiohttp keeps it: the handler may have read it
     url = owner["api"].rstrip("/") + request.rel_url.path_qs
     session = await _session(request.app)
     try:

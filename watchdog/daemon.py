@@ -185,7 +185,7 @@ class Daemon:
         log.info("site_loaded", site=name, phase=state.phase.value, live=state.live,
                  weights=state.weights, rules_restored=restored[0],
                  alerts_restored=restored[1], instance=self.ownership.instance)
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.ownership.owns(name):
             self.scheduler.add_job(
                 self.tick, "interval", args=[name], id=f"tick:{name}",
                 seconds=config.rollout.interval, max_instances=1, coalesce=True,

@@ -31,16 +31,14 @@ from watchdog.lab.procs import LabError, ManagedProcess, free_port, http_ok
 from watchdog.lab.stack import LabStack
 
 HEALTH_RULES = """\
-groups:
-  - name: lab
-    rules:
-      - name: candidate_down
-        source: http
-        path: /web/health
-        max: 0
-        invert: true
-        for: 1s
-        on_fire: rollback
+rules:
+  - name: health
+    source: http
+    path: /web/health
+    timeout: 1s
+    min: 1
+    for: 1s
+    on_fire: rollback
 """
 
 
@@ -98,11 +96,17 @@ class SocketTap:
                 writer.write(data)
                 await writer.drain()
 
+        # HAProxy closes when it has answered (non-interactive mode): then so does the tap,
+        # whether or not the client half-closed its side.
+        sending = asyncio.ensure_future(client_to_haproxy())
         try:
-            await asyncio.gather(client_to_haproxy(), haproxy_to_client())
+            await haproxy_to_client()
         except (OSError, ConnectionError):
             pass
         finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
+                await sending
             for w in (writer, up_writer):
                 w.close()
 
