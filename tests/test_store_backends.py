@@ -195,6 +195,20 @@ def test_a_file_of_the_first_release_migrates_with_its_rows(tmp_path: Path) -> N
             "last_write": "1.0", "schema_version": "2"}
 
 
+def test_an_up_to_date_file_opens_while_another_program_holds_its_write_lock(
+        tmp_path: Path) -> None:
+    Store(tmp_path, busy_timeout=0.05).close()
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        s = Store(tmp_path, busy_timeout=0.05)  # migrates nothing: no write lock needed
+        assert s.schema_version() == KNOWS and s.load("odoo") is None
+        s.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 def test_two_daemons_opening_an_empty_postgresql_at_once_migrate_it_once(
         postgres: PostgresLab, pg_names: Callable[[str], str]) -> None:
     dsn = pg_database(postgres, pg_names("race"))

@@ -367,6 +367,11 @@ class SqlStore:
         caller words the failures; a newer database is a StoreError of its own."""
         know = len(self.MIGRATIONS)
         self._start()
+        try:  # up to date: no write lock to take (another program may hold it a while)
+            if self._x("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(know),)]:
+                return
+        except self.errors:
+            self._rollback()  # no table meta yet; a real failure comes again below
         try:
             self._x(self.dialect.begin)
             if self.dialect.schema_lock is not None:
