@@ -44,7 +44,7 @@ from watchdog.routers import (
 )
 from watchdog.rules import State
 from watchdog.schema import COLORS
-from watchdog.store import Store
+from watchdog.store import SqlStore
 
 log = structlog.get_logger("odoo_watchdog")
 PROXY_RULE = "proxy:health"  # the name the proxy's own check has among the rules
@@ -62,7 +62,7 @@ def audit_event(state: SiteState, kind: str, message: str) -> Event:
 
 
 class SiteRouter:
-    def __init__(self, site: str, router: Router, metrics: Metrics, store: Store,
+    def __init__(self, site: str, router: Router, metrics: Metrics, store: SqlStore,
                  on_alert: Callable[[str, str], None] | None = None) -> None:
         """`on_alert(kind, message)`: called for `router_node_down` and `router_node_back`
         (the daemon passes its notifier's post)."""
@@ -115,13 +115,17 @@ class SiteRouter:
             actual = await self.router.get_weights()
         except RouterError as exc:
             self._count("error", started)
+            self.actual = None
+            if self._nodes() is not None:
+                # Each node's failure is logged when it starts and ends (`_track`), not the
+                # combined message at every tick; the nodes that answered still have checks.
+                self.error = str(exc)
+                self._track()
+                await self._read_health()
+                return None
             if self.error != str(exc):
                 log.error("router_error", site=self.site, error=str(exc))
             self.error = str(exc)
-            self.actual = None
-            if self._nodes() is not None:  # the nodes that answered still have checks
-                self._track()
-                await self._read_health()
             return None
         self._count("ok", started)
         self.error = None
