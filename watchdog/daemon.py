@@ -138,7 +138,8 @@ class Daemon:
         for name, config in self.loaded.config.sites.items():
             raw = routers.create(name, config)
             router = SiteRouter(name, FencedRouter(raw, name, self.ownership.owns)
-                                if shared else raw, self.metrics, self.store)
+                                if shared else raw, self.metrics, self.store,
+                                on_alert=self._router_alert(name))
             # Until this daemon owns a shared site, its state is the stored one, for the views.
             state = (await asyncio.to_thread(self.store.load, name) if shared else None) \
                 or rollout.initial(name, config.live)
@@ -153,6 +154,15 @@ class Daemon:
             await self.ownership.round()  # the first leases before the API answers
             self._spawn(self.ownership.run())
         self.started.set()
+
+    def _router_alert(self, name: str) -> Callable[[str, str], None]:
+        """What the site's router calls when a proxy node stays unreachable (and is back)."""
+        def alert(kind: str, message: str) -> None:
+            state = self.sites[name].state if name in self.sites else None
+            self.notifier.post(name, kind, message,
+                               phase=state.phase.value if state else "idle",
+                               weights=dict(state.weights) if state else {})
+        return alert
 
     async def _activate(self, name: str) -> None:
         """The site becomes this daemon's: its stored state (the last decision of whoever

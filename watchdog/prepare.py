@@ -46,7 +46,7 @@ from watchdog.steps import migrate as migrate_step
 from watchdog.steps.base import StepFailed
 from watchdog.steps.command import CommandError
 from watchdog.steps.pg import Server
-from watchdog.store import Store
+from watchdog.store import SqlStore
 
 log = structlog.get_logger("odoo_watchdog.prepare")
 OUTPUT_LINES = 10  # of a command's last lines, kept in the rollout and its events
@@ -91,7 +91,7 @@ Done = Callable[[str, StepDone], Awaitable[None]]
 
 
 class Preparer:
-    def __init__(self, metrics: Metrics, store: Store, done: Done,
+    def __init__(self, metrics: Metrics, store: SqlStore, done: Done,
                  clock: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
         self.store = store
