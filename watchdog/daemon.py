@@ -696,7 +696,8 @@ class Daemon:
             r.name, r.state, r.router.actual, r.router.kind, r.router.error, r.router.health,
             tuple(self.rules.rows(name)), tuple(r.router.views(r.state.target).values()),
             tuple(self.alerts.firing.get(name, {}).values()),
-            r.last_tick, r.config.rollout.interval, self.clock(), store=self.store.view())
+            r.last_tick, r.config.rollout.interval, self.clock(), store=self.store.view(),
+            nodes=r.router.node_views())
 
     async def site_view(self, name: str, events: int = 0) -> dict[str, Any]:
         self.require_site(name)
