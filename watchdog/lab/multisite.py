@@ -2,13 +2,17 @@
 daemon (and, rewritten, to shadow sites), and load at a fixed rate per site.
 
 Used by the judge's lab test (tests/test_judge_lab.py, DESIGN.md §14), which rolls out 20 sites
-at once instead of one after another.
+at once instead of one after another, and by bench/bench_scale.py (500 sites on one daemon).
 
 - `MultiSiteHaproxy`: backends named as the sites, each with `odoo-blue` and `odoo-green`
   pointing at the same two stand-ins; one frontend that routes by the Host header to the
   *routed* backends; `shadows` are backends with the same servers that no request reaches
   (a shadow site's router moves their weights and nothing else). The access log goes to every
-  port of `syslog_ports`, in the `option httplog` format the receiver parses.
+  port of `syslog_ports`, in the `option httplog` format the receiver parses. For many sites:
+  `ports` gives a backend its own pair of stand-ins, `check_inter=None` leaves HAProxy's
+  health checks out (500 backends checked every 2 s are 500 requests a second to the
+  stand-ins), `exporter` serves HAProxy's Prometheus exporter (servers only) on /metrics, and
+  `stats_maxconn` is how many runtime-API connections HAProxy takes at once.
 - `LogCopier`: a UDP listener that sends each access-log line of a routed backend on to
   the daemon once more for each rename, with the backend's name changed (`site07/odoo-green`
   -> `fixed07/odoo-green`): a shadow site sees byte for byte the requests of its routed twin.
@@ -26,7 +30,7 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,7 @@ global
     stats timeout 30s
     # Every site's router opens its own connections (a command each): HAProxy's default of
     # 10 at once on the stats socket drops some of 40 sites' at the same tick.
-    stats maxconn 200
+    stats maxconn {stats_maxconn}
 {logs}
 
 defaults
@@ -58,7 +62,7 @@ defaults
 
 frontend web
     bind 127.0.0.1:{port}
-{routes}
+{exporter}{routes}
     default_backend nosite
 
 backend nosite
@@ -72,8 +76,14 @@ backend {name}
     balance roundrobin
     option httpchk
     http-check send meth GET uri /web/health ver HTTP/1.1 hdr Host localhost
-    server odoo-blue 127.0.0.1:{blue_port} weight 100 check inter 2s fall 5 rise 2
-    server odoo-green 127.0.0.1:{green_port} weight 0 check inter 2s fall 5 rise 2
+    server odoo-blue 127.0.0.1:{blue_port} weight 100{check}
+    server odoo-green 127.0.0.1:{green_port} weight 0{check}
+"""
+CHECK = " check inter {inter} fall 5 rise 2"
+# The exporter's server metrics only (`scope=server`, set here: a scrape job has no params).
+EXPORTER = """\
+    http-request set-query scope=server if { path /metrics }
+    http-request use-service prometheus-exporter if { path /metrics }
 """
 
 
@@ -82,7 +92,10 @@ class MultiSiteHaproxy(LabProgram):
 
     def __init__(self, workdir: Path, blue_port: int, green_port: int, *,
                  routed: Sequence[str], shadows: Sequence[str] = (),
-                 syslog_ports: Sequence[int] = ()) -> None:
+                 syslog_ports: Sequence[int] = (),
+                 ports: Mapping[str, tuple[int, int]] | None = None,
+                 check_inter: str | None = "2s", exporter: bool = False,
+                 stats_maxconn: int = 200) -> None:
         for name in (*routed, *shadows):
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"backend name {name!r}: lower-case letters, digits and _")
@@ -92,6 +105,10 @@ class MultiSiteHaproxy(LabProgram):
         self.routed = list(routed)
         self.shadows = list(shadows)
         self.syslog_ports = list(syslog_ports)
+        self.ports = dict(ports or {})  # backend -> (blue port, green port); default the pair
+        self.check_inter = check_inter
+        self.exporter = exporter
+        self.stats_maxconn = stats_maxconn
         self.port = free_port()
         self.config_path = workdir / "haproxy.cfg"
         self.admin_socket = workdir / "admin.sock"
@@ -108,10 +125,13 @@ class MultiSiteHaproxy(LabProgram):
                          for port in self.syslog_ports)
         routes = "\n".join(f"    use_backend {name} if {{ hdr(host) -i {name} }}"
                            for name in self.routed)
-        text = GLOBAL.format(dir=self.workdir, logs=logs, port=self.port, routes=routes)
+        text = GLOBAL.format(dir=self.workdir, logs=logs, port=self.port, routes=routes,
+                             exporter=EXPORTER if self.exporter else "",
+                             stats_maxconn=self.stats_maxconn)
+        check = CHECK.format(inter=self.check_inter) if self.check_inter else ""
         for name in (*self.routed, *self.shadows):
-            text += BACKEND.format(name=name, blue_port=self.blue_port,
-                                   green_port=self.green_port)
+            blue, green = self.ports.get(name, (self.blue_port, self.green_port))
+            text += BACKEND.format(name=name, blue_port=blue, green_port=green, check=check)
         return text
 
     def prepare(self) -> None:

@@ -140,8 +140,9 @@ async def measure_all(
             return Measurement.failed(f"{rule.source} source measures {model.__name__}, "
                                       f"not {type(rule).__name__}")
         started = time.time()
-        try:
-            return await asyncio.wait_for(source.measure(rule, target), timeout=deadline)
+        try:  # a timeout scope, not wait_for: no second task per rule on every tick
+            async with asyncio.timeout(deadline):
+                return await source.measure(rule, target)
         except TimeoutError:
             return Measurement.failed(f"{rule.source} source gave no answer in {deadline:g}s",
                                       started, time.time())

@@ -42,6 +42,9 @@ class PrometheusSource:
         # No proxy, netrc or CA-bundle lookups from the environment on every query: they cost
         # more CPU than the query itself (and the daemon talks to a configured URL only).
         session.trust_env = False
+        # Answers of a few hundred bytes from a Prometheus on the same host or network: gzip
+        # costs more to undo than it saves (0.59 -> 0.53 ms of CPU a query, bench_scale).
+        session.headers["Accept-Encoding"] = "identity"
         self._client = PrometheusConnect(
             url=url, retry=Retry(total=0), timeout=timeout, session=session
         )

@@ -1,0 +1,377 @@
+"""Many sites on one daemon: does a site's tick cost more as sites are added?
+
+One real `odoo-watchdog run` process with N sites (10, 100, 500), each ticking every second
+with two rules: an http rule (GET the colour's /web/health on a stand-in) and a Prometheus
+rule (the 5xx rate of the colour's server, on HAProxy's exporter, from the lab's Prometheus
+2.42). One HAProxy 2.6 holds a backend per site (`watchdog.lab.multisite`, stats maxconn
+2000: 500 routers read it at the same moment; no health checks, so HAProxy does not add 500
+requests a second to the stand-ins); a few stand-in pairs serve every site's colours
+(site i on pair i mod `--standins`). After the daemon has ticked every site and a warm-up,
+over `--seconds`:
+
+- CPU share of one core of the daemon (utime + stime of /proc/PID/stat), its RSS (VmRSS);
+- ticks per second expected (N / interval) and seen (the increase of
+  `odoo_watchdog_rule_evaluations_total`, two evaluations a tick), and how old the oldest
+  site's `last_tick` is at the end (a daemon that cannot keep up falls behind);
+- CPU ms per site-tick: the CPU of the window over the ticks seen. Flat across N is linear
+  growth; a rising figure is a cost that grows with the number of sites.
+
+The baseline side by side: `--baseline DIR` runs the same bench, on the same lab, with the
+daemon's code from DIR (a `git worktree` of the commit before the fixes); both rows per N,
+the two daemons one after the other on a lab of the same size.
+
+    .venv/bin/python bench/bench_scale.py [--sites 10,100,500] [--seconds 30] [--warmup 10]
+        [--baseline /tmp/wd-base] [--code DIR] [--standins 2]
+    .venv/bin/python bench/bench_scale.py --quick      # 10 and 50 sites, a few seconds each
+
+Goal (issue part 5): 500 sites at a 1 s interval under 50% of one core and under 250 MB RSS,
+the cost per site-tick flat from 10 to 500 sites.
+
+Measured (2 cores shared with other work, Python 3.11; MEASURED_TABLE below is filled from
+a run; see the commit message for the profile behind each fix):
+
+MEASURED_TABLE
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from watchdog.lab.multisite import MultiSiteHaproxy
+from watchdog.lab.procs import ManagedProcess, free_port, http_ok
+from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
+from watchdog.lab.standin import StandinProcess
+
+GOAL_CPU = 50.0  # % of one core at 500 sites
+GOAL_RSS = 250.0  # MB at 500 sites
+RULES_PER_SITE = 2
+
+# `odoo-watchdog run` under cProfile timed by the main thread's CPU clock (the event loop's
+# CPU, not its waits): SIGUSR1 starts it, SIGUSR2 writes the stats to argv[1].
+PROFILED = """
+import cProfile, signal, sys, time
+from watchdog import cli
+prof = cProfile.Profile(time.thread_time)
+signal.signal(signal.SIGUSR1, lambda *_: prof.enable())
+def dump(*_):
+    prof.disable()
+    prof.dump_stats(sys.argv[1])
+signal.signal(signal.SIGUSR2, dump)
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+RULES = """\
+rules:
+  - name: health
+    source: http
+    path: /web/health
+    timeout: 1s
+    min: 1
+    for: 2s
+    on_fire: rollback
+  - name: server_5xx
+    source: prometheus
+    query: >-
+      sum(rate(haproxy_server_http_responses_total{
+        proxy="{{ backend }}",server="{{ server }}",code="5xx"}[1m]))
+    max: 1
+    for: 5s
+    no_data: hold
+    on_fire: rollback
+"""
+
+
+def site_name(i: int) -> str:
+    return f"site{i:03d}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_mb(pid: int, key: str) -> float:
+    """A size line of /proc/PID/status (VmRSS, VmHWM), in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def get(url: str, timeout: float = 30.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback)
+        data: bytes = resp.read()
+    return data
+
+
+def counters(api: str) -> dict[str, float]:
+    """From /metrics: rule evaluations (all, and those with result error) and router
+    operations that failed."""
+    out = {"evaluations": 0.0, "eval_errors": 0.0, "router_errors": 0.0}
+    for family in text_string_to_metric_families(get(f"{api}/metrics").decode()):
+        for sample in family.samples:
+            if sample.name == "odoo_watchdog_rule_evaluations_total":
+                out["evaluations"] += sample.value
+                if sample.labels.get("result") == "error":
+                    out["eval_errors"] += sample.value
+            elif (sample.name == "odoo_watchdog_router_operations_total"
+                  and sample.labels.get("result") == "error"):
+                out["router_errors"] += sample.value
+    return out
+
+
+def last_ticks(api: str) -> list[float | None]:
+    body: dict[str, Any] = json.loads(get(f"{api}/api/v1/sites", timeout=60))
+    return [s.get("last_tick") for s in body["sites"]]
+
+
+@dataclass
+class Row:
+    code: str
+    sites: int
+    cpu_pct: float
+    rss_mb: float
+    expected: float
+    seen: float
+    ms_per_site_tick: float
+    oldest_tick_age: float
+    eval_errors: float
+    router_errors: float
+
+    def line(self) -> str:
+        return (f"{self.code:<8}{self.sites:>6}{self.cpu_pct:>11.1f}%{self.rss_mb:>9.1f}"
+                f"{self.expected:>10.0f}{self.seen:>10.1f}{self.ms_per_site_tick:>11.3f}"
+                f"{self.oldest_tick_age:>10.1f}{self.eval_errors:>9.0f}{self.router_errors:>9.0f}")
+
+
+HEADER = (f"{'code':<8}{'sites':>6}{'cpu % core':>12}{'rss MB':>9}{'ticks/s':>10}"
+          f"{'seen/s':>10}{'ms/site-tk':>11}{'oldest s':>10}{'eval err':>9}{'rtr err':>9}")
+HEADER2 = (f"{'':<8}{'':>6}{'':>12}{'':>9}{'expected':>10}{'':>10}{'':>11}{'last_tick':>10}"
+           f"{'(window)':>9}{'':>9}")
+
+
+class Lab:
+    """The programs every run shares: stand-in pairs, one HAProxy with a backend per site,
+    Prometheus scraping HAProxy's exporter."""
+
+    def __init__(self, workdir: Path, sites: int, standins: int) -> None:
+        self.workdir = workdir
+        self.pairs = [(StandinProcess("blue", workdir / f"blue{k}", version="16.0"),
+                       StandinProcess("green", workdir / f"green{k}", version="17.0"))
+                      for k in range(standins)]
+        names = [site_name(i) for i in range(sites)]
+        first = self.pairs[0]
+        self.haproxy = MultiSiteHaproxy(
+            workdir / "haproxy", first[0].port, first[1].port, routed=names,
+            ports={n: (self.pair(i)[0].port, self.pair(i)[1].port) for i, n in enumerate(names)},
+            check_inter=None, exporter=True, stats_maxconn=2000)
+        self.prometheus = PrometheusLab(
+            workdir / "prometheus", scrape_interval="5s",
+            jobs=[ScrapeJob("haproxy", [f"127.0.0.1:{self.haproxy.port}"])])
+
+    def pair(self, i: int) -> tuple[StandinProcess, StandinProcess]:
+        return self.pairs[i % len(self.pairs)]
+
+    def start(self) -> None:
+        for blue, green in self.pairs:
+            blue.start()
+            green.start()
+        self.haproxy.start()
+        self.prometheus.start()
+        self.prometheus.wait_scraped("haproxy", timeout=60)
+
+    def stop(self) -> None:
+        self.prometheus.stop()
+        self.haproxy.stop()
+        for blue, green in self.pairs:
+            blue.stop()
+            green.stop()
+
+    def write_config(self, rundir: Path, sites: int, api_port: int) -> Path:
+        rundir.mkdir(parents=True)
+        token = rundir / "api-token"
+        token.write_text("bench-scale-token\n")
+        token.chmod(0o600)
+        rules = rundir / "rules.yml"
+        rules.write_text(RULES)
+        config = {
+            "api": {"listen": f"127.0.0.1:{api_port}", "token_file": str(token)},
+            "state_dir": str(rundir / "state"),
+            "prometheus": {"url": self.prometheus.url, "timeout": "2s"},
+            "rule_files": [str(rules)],
+            "sites": {site_name(i): self._site(i) for i in range(sites)},
+        }
+        path = rundir / "watchdog.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def _site(self, i: int) -> dict[str, Any]:
+        blue, green = self.pair(i)
+        return {
+            "router": {"kind": "haproxy", "socket": str(self.haproxy.admin_socket),
+                       "backend": site_name(i), "drain_timeout": "2s"},
+            "colors": {"blue": {"server": "odoo-blue", "url": blue.url},
+                       "green": {"server": "odoo-green", "url": green.url}},
+            "live": "blue",
+            "rollout": {"strategy": "canary", "interval": "1s", "bake": "3s",
+                        "steps": [{"weight": 10, "hold": "3s"}, {"weight": 100}]},
+        }
+
+
+@contextlib.contextmanager
+def daemon(config: Path, code: Path, sites: int,
+           profile: Path | None = None) -> Iterator[ManagedProcess]:
+    api = yaml.safe_load(config.read_text())["api"]["listen"]
+    argv = [sys.executable, "-m", "watchdog.cli", "run", "-c", str(config)]
+    if profile is not None:
+        argv[1:3] = ["-c", PROFILED, str(profile)]
+    proc = ManagedProcess(
+        "odoo-watchdog", argv,
+        log_path=config.parent / "daemon.log", cwd=code,
+        env={"PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"},
+        ready=lambda: http_ok(f"http://{api}/healthz", timeout=2.0),
+        ready_timeout=60 + sites * 0.5)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop(grace=10)
+
+
+def measure(lab: Lab, root: Path, code: Path, label: str, sites: int, seconds: float,
+            warmup: float, profile: Path | None = None) -> Row:
+    api_port = free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    config = lab.write_config(root / f"{label}-{sites}", sites, api_port)
+    out = None if profile is None else profile.with_name(
+        f"{profile.stem}-{label}-{sites}{profile.suffix}")
+    with daemon(config, code, sites, out) as proc:
+        assert proc.pid is not None
+        pid = proc.pid
+        deadline = time.monotonic() + 60 + sites * 0.2
+        while not all(t is not None for t in last_ticks(api)):
+            if time.monotonic() > deadline or not proc.running():
+                print(proc.tail(), file=sys.stderr)
+                raise SystemExit(f"{label}: not every one of {sites} sites ticked in time")
+            time.sleep(1.0)
+        time.sleep(warmup)
+        read0 = time.monotonic()
+        before = counters(api)
+        read0 = (read0 + time.monotonic()) / 2  # the counters' moment, near enough
+        wall0, cpu0 = time.monotonic(), cpu_seconds(pid)
+        if profile is not None:
+            proc.signal(signal.SIGUSR1)  # the harness's cProfile starts
+        time.sleep(seconds)
+        wall1, cpu1 = time.monotonic(), cpu_seconds(pid)
+        rss = status_mb(pid, "VmRSS")
+        if out is not None:
+            proc.signal(signal.SIGUSR2)
+            while not out.exists():
+                time.sleep(0.2)
+            print(f"  profile of the event loop's thread (CPU time): {out}", flush=True)
+        read1 = time.monotonic()
+        after = counters(api)
+        read1 = (read1 + time.monotonic()) / 2
+        ages = [time.time() - t for t in last_ticks(api) if t is not None]
+        if not proc.running():
+            print(proc.tail(), file=sys.stderr)
+            raise SystemExit(f"{label}: the daemon stopped")
+    wall, cpu = wall1 - wall0, cpu1 - cpu0
+    rate = (after["evaluations"] - before["evaluations"]) / RULES_PER_SITE / (read1 - read0)
+    return Row(label, sites, cpu / wall * 100, rss, sites / 1.0, rate,
+               cpu / (rate * wall) * 1000 if rate else float("nan"),
+               max(ages, default=float("nan")),
+               after["eval_errors"] - before["eval_errors"],
+               after["router_errors"] - before["router_errors"])
+
+
+def verdict(rows: list[Row], code: str) -> str:
+    mine = [r for r in rows if r.code == code]
+    if not mine:
+        return ""
+    top = max(mine, key=lambda r: r.sites)
+    ok = top.cpu_pct < GOAL_CPU and top.rss_mb < GOAL_RSS and top.seen >= 0.95 * top.expected
+    growth = top.ms_per_site_tick / min(mine, key=lambda r: r.sites).ms_per_site_tick
+    return (f"{code}: {top.sites} sites {top.cpu_pct:.1f}% of a core (goal < {GOAL_CPU:g}%), "
+            f"{top.rss_mb:.0f} MB (goal < {GOAL_RSS:g}), {top.seen:.0f} of {top.expected:.0f} "
+            f"ticks/s; ms per site-tick x{growth:.2f} from the fewest sites: "
+            f"{'PASS' if ok else 'FAIL'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", default="10,100,500", help="comma-separated site counts")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="seconds after every site has ticked once")
+    parser.add_argument("--standins", type=int, default=2, help="stand-in pairs for all sites")
+    parser.add_argument("--code", action="append", default=[], metavar="[LABEL=]DIR",
+                        help="a daemon's code, one row each (default: after=this checkout)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also run the daemon from this checkout (a git worktree)")
+    parser.add_argument("--quick", action="store_true", help="10 and 50 sites, 5 s each")
+    parser.add_argument("--keep", action="store_true", help="keep the lab's folder")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE.prof",
+                        help="cProfile the event loop's thread (its CPU time) over the window, "
+                             "to FILE-LABEL-SITES.prof (pstats)")
+    args = parser.parse_args()
+    if args.quick:
+        args.sites, args.seconds, args.warmup = "10,50", 5.0, 2.0
+    counts = [int(n) for n in args.sites.split(",")]
+    codes = [(c.partition("=")[0] if "=" in c else "after", Path(c.rpartition("=")[2]).resolve())
+             for c in args.code] or [("after", Path(__file__).resolve().parent.parent)]
+    if args.baseline is not None:
+        codes.insert(0, ("before", args.baseline.resolve()))
+
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    lab = Lab(root / "lab", max(counts), args.standins)
+    rows: list[Row] = []
+    try:
+        print(f"starting the lab: {args.standins} stand-in pairs, HAProxy with {max(counts)} "
+              f"backends, Prometheus ...", flush=True)
+        lab.start()
+        for sites in counts:
+            for label, code in codes:
+                print(f"{label} ({code}): {sites} sites, {args.warmup:g} s warm-up, "
+                      f"{args.seconds:g} s measured ...", flush=True)
+                rows.append(measure(lab, root, code, label, sites, args.seconds, args.warmup,
+                                    args.profile))
+                print("  " + rows[-1].line(), flush=True)
+    finally:
+        lab.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(f"{len(counts)} sizes, 1 s interval, 2 rules a site (http + prometheus), "
+          f"{args.seconds:g} s measured after a {args.warmup:g} s warm-up")
+    print(HEADER)
+    print(HEADER2)
+    for row in rows:
+        print(row.line())
+    print()
+    for label, _ in codes:
+        print(verdict(rows, label))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
