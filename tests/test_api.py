@@ -233,7 +233,11 @@ async def test_sites_lists_every_site_with_weights_phase_and_rule_states(
     resp = await api.get("/api/v1/sites")
     assert resp.status == 200
     data = await resp.json()
-    assert list(data) == ["sites", "config"]
+    assert list(data) == ["sites", "config", "daemons"]
+    # one daemon on its SQLite store: itself, owning every site
+    assert [(d["api"], d["sites"]) for d in data["daemons"]] == [(daemon.ownership.api, 1)]
+    assert data["sites"][0]["owner"] == {"instance": daemon.ownership.instance,
+                                         "api": daemon.ownership.api}
     assert data["config"]["last_reload_successful"] is True
     assert [s["site"] for s in data["sites"]] == ["odoo"]
     site = data["sites"][0]

@@ -225,7 +225,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def list_sites(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     return web.json_response({"sites": await daemon.sites_view(), "config": daemon.config_view(),
-                              **daemon.daemons_view()})
+                              "daemons": daemon.daemons_view()["daemons"]})
 
 
 async def list_daemons(request: web.Request) -> web.Response:
