@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -100,12 +102,27 @@ def test_exactly_one_owner_and_every_daemon_agrees(cluster: Cluster) -> None:
     assert sum(d["sites"] for d in daemons) == 1
 
 
+def cli(c: Cluster, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "watchdog.cli", *args, "-c",
+                           str(c.config_path(i))], capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
 def test_a_command_sent_to_any_daemon_is_carried_out_by_the_owner(cluster: Cluster) -> None:
     owner = cluster.owner()
     assert owner is not None
     other = next(i for i, n in enumerate(cluster.names) if n != owner)
-    body = start_rollout(cluster, via=other)  # passed on to the owner
+    wait(lambda: len(cluster.get(other, "/api/v1/daemons")["daemons"]) == 3, timeout=5,
+         what="three daemons up")
+    shown = cli(cluster, other, "status")  # the CLI asks a daemon that does not own the site
+    assert shown.returncode == 0, shown.stderr
+    assert "3 daemons up:" in shown.stdout
+    assert f"owned by {owner}" in shown.stdout
+    deployed = cli(cluster, other, "deploy", "odoo", "--to", "green")  # passed on to the owner
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    body = cluster.get(other, "/api/v1/sites/odoo")
     assert body["rollout"]["to"] == "green"
+    assert body["owner"]["instance"] == owner
     wait(lambda: cluster.sent_by(owner), timeout=10, what="the owner's first weight change")
     assert cluster.sent_by(cluster.names[other]) == []  # the daemon asked sent nothing itself
 
