@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchdog.lab.haproxy import colour_servers
 from watchdog.lab.load import LoadClient
-from watchdog.lab.stack import LabStack
+from watchdog.lab.stack import HEALTH_RULE, LabStack
 from watchdog.lab.standin import clear_faults, set_faults
 
 SCRAPE, TICK, ERROR_FOR, WINDOW = "1s", "1s", "0s", "3s"
@@ -95,14 +95,7 @@ rules:
     for: {ERROR_FOR}
     no_data: hold
     on_fire: rollback
-  - name: health
-    source: http
-    path: /web/health
-    timeout: 1s
-    min: 1
-    for: 2s
-    on_fire: rollback
-"""
+""" + HEALTH_RULE.format(hold="2s")
 POLL = 0.05  # seconds between runtime API reads
 RUNBOOK_SLEEP = 60.0  # `sleep 60` between checks
 RUNBOOK_CHECKS = 15  # `for i in {1..15}`

@@ -24,19 +24,11 @@ from watchdog.alerts import MAX_SEEN, AlertBook
 from watchdog.config import load
 from watchdog.daemon import Daemon
 from watchdog.lab.haproxy import HaproxyLab
+from watchdog.lab.stack import health_rules
 from watchdog.lab.standin import StandinProcess
 
 SITES = 2
-RULES = """\
-rules:
-  - name: health
-    source: http
-    path: /web/health
-    timeout: 1s
-    min: 1
-    for: 2s
-    on_fire: rollback
-"""
+RULES = health_rules()
 
 
 def traced() -> int:

@@ -21,7 +21,7 @@ from tests.polling import until
 from watchdog.config import load
 from watchdog.daemon import Daemon
 from watchdog.lab.haproxy import HaproxyLab, colour_servers, runtime_api
-from watchdog.lab.stack import LabStack
+from watchdog.lab.stack import LabStack, health_rules
 from watchdog.rollout import Start
 from watchdog.siterouter import NODE_BACK, NODE_DOWN, NODES_RULE
 
@@ -29,16 +29,7 @@ pytestmark = pytest.mark.lab
 
 INTERVAL = 0.3
 HOLD = 2.0  # step 1's
-RULES = """\
-rules:
-  - name: health
-    source: http
-    path: /web/health
-    timeout: 1s
-    min: 1
-    for: 2s
-    on_fire: rollback
-"""
+RULES = health_rules()
 
 
 def split_of(node: HaproxyLab) -> dict[str, int]:

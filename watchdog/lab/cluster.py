@@ -28,18 +28,9 @@ import yaml
 
 from watchdog.lab.postgres import PostgresLab
 from watchdog.lab.procs import LabError, ManagedProcess, free_port, http_ok
-from watchdog.lab.stack import LabStack
+from watchdog.lab.stack import LabStack, health_rules
 
-HEALTH_RULES = """\
-rules:
-  - name: health
-    source: http
-    path: /web/health
-    timeout: 1s
-    min: 1
-    for: 1s
-    on_fire: rollback
-"""
+HEALTH_RULES = health_rules("1s")
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,23 @@ rules:
 """
 
 
+HEALTH_RULE = """\
+  - name: health
+    source: http
+    path: /web/health
+    timeout: 1s
+    min: 1
+    for: {hold}
+    on_fire: rollback
+"""
+
+
+def health_rules(hold: str = "2s") -> str:
+    """A rule file with the lab's health rule alone (no Prometheus, no access log): for the
+    labs that test what the daemon does, not what it measures."""
+    return "rules:\n" + HEALTH_RULE.format(hold=hold)
+
+
 class LabStack:
     def __init__(
         self,
