@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from prometheus_client import generate_latest
 
-from watchdog.config import LoadedConfig, load
+from watchdog.config import LoadedConfig, StoreConfig, load
 from watchdog.measurement import Measurement
 from watchdog.metrics import Metrics
 from watchdog.rulemanager import RuleManager, restart_needed
@@ -130,3 +130,5 @@ def test_restart_needed_names_what_a_running_daemon_does_not_take(tmp_path: Path
     assert restart_needed(old, write(tmp_path, [rule("health", "1m")], interval="5s").config) == []
     changed = write(tmp_path, [rule("health")], listen="127.0.0.1:9722").config
     assert restart_needed(old, changed) == ["api changed: restart the daemon to apply it"]
+    moved = old.model_copy(update={"store": StoreConfig(kind="postgresql", dsn_file=Path("d"))})
+    assert restart_needed(old, moved) == ["store changed: restart the daemon to apply it"]

@@ -70,6 +70,7 @@ def restart_needed(old: DaemonConfig, new: DaemonConfig) -> list[str]:
         ("access_log", old.access_log, new.access_log),
         ("prometheus", old.prometheus, new.prometheus),
         ("state_dir", old.state_dir, new.state_dir),
+        ("store", old.store, new.store),
         ("notify", old.notify, new.notify),
     )
     return [f"{part} changed: restart the daemon to apply it"
