@@ -27,10 +27,45 @@ the two daemons one after the other on a lab of the same size.
 Goal (issue part 5): 500 sites at a 1 s interval under 50% of one core and under 250 MB RSS,
 the cost per site-tick flat from 10 to 500 sites.
 
-Measured (2 cores shared with other work, Python 3.11; MEASURED_TABLE below is filled from
-a run; see the commit message for the profile behind each fix):
+    .venv/bin/python bench/bench_scale.py --sites 500 --daemons 3   # one PostgreSQL store
+    .venv/bin/python bench/bench_scale.py --sites 100 --profile /tmp/p.prof  # pstats of the loop
 
-MEASURED_TABLE
+Measured (2 cores, shared, quiet during the run; Python 3.11, HAProxy 2.6.12, Prometheus
+2.42; 30 s after a 10 s warm-up). `before`: 41719a5; `after`: it with this bench's fixes in
+sources/ (a timeout scope per rule instead of wait_for, no gzip from Prometheus); `rec`:
+`after` plus the changes recommended for routers/haproxy.py and daemon.py (one round trip to
+HAProxy a tick, `show stat <backend id> 4 -1 typed` instead of every proxy's stats, gauges
+exported only when the state changed):
+
+    code     sites  cpu % core   rss MB   ticks/s    seen/s ms/site-tk  oldest s eval err  rtr err
+                                         expected                      last_tick (window)
+    before      10        3.4%    152.0        10      10.0      3.435       0.0        0        0
+    after       10        3.2%    151.8        10      10.0      3.234       0.0        0        0
+    rec         10        2.1%    151.2        10      10.0      2.134       0.0        0        0
+    before     100       76.2%    188.4       100      56.8     13.431       1.7        0        0
+    after      100       72.9%    204.0       100      54.1     13.478       0.3        0        0
+    rec        100       18.4%    156.3       100      99.7      1.841       0.2        0        0
+    before     500       64.4%    479.2       500     155.4      4.146       3.5        0        0
+    after      500       66.5%    497.7       500     166.2      3.998       3.3        0        0
+    rec        500       82.1%    177.7       500     458.2      1.792       1.6        0        0
+
+What grows: each site's tick asks HAProxy for `show stat typed`, the stats of *every*
+proxy (3.3 MB, 103,000 lines with 500 backends) and parses it, to find its own two servers:
+O(sites) per tick, O(sites^2) per second. At 100 sites that is 74% of the event loop's CPU
+(cProfile, --profile); at 500 HAProxy itself cannot produce 500 dumps a second, so the
+daemon only manages 155 of 500 ticks/s, while 500 answers in flight hold 480 MB. With the
+backend's servers asked for alone, the cost per site-tick is flat (2.1, 1.8, 1.8 ms) and RSS
+178 MB: growth is linear. The goal of 50% of a core at 500 sites is not met: the constant is
+too high. What is left per site-tick (rec, 100 sites, --profile): the http probe on a new
+connection each time (Odoo closes every connection, as the stand-in does: keeping them alive
+gains nothing), about a quarter of the loop; the Prometheus query through requests in a
+worker thread, 0.53 ms of CPU (aiohttp on a kept connection: 0.20-0.29 ms, measured against
+the same Prometheus); HAProxy's connection and the typed stats' parse; the rest (APScheduler
+with 500 jobs 3%, metric label lookups 2%, the rule manager) is small.
+
+`--daemons 3` (c628875 with the `rec` changes, PostgreSQL 15 store, lease 10s), 500 sites
+spread by the leases: 126.4% of a core for the three together (about 42% each), the largest
+180 MB, 502 of 500 ticks/s, 2.5 ms per site-tick (the leases and the shared store add 0.7).
 """
 
 from __future__ import annotations
@@ -56,6 +91,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchdog.lab.multisite import MultiSiteHaproxy
+from watchdog.lab.postgres import PostgresLab
 from watchdog.lab.procs import ManagedProcess, free_port, http_ok
 from watchdog.lab.prometheus import PrometheusLab, ScrapeJob
 from watchdog.lab.standin import StandinProcess
@@ -139,9 +175,9 @@ def counters(api: str) -> dict[str, float]:
     return out
 
 
-def last_ticks(api: str) -> list[float | None]:
+def last_ticks(api: str) -> list[tuple[str, float | None]]:
     body: dict[str, Any] = json.loads(get(f"{api}/api/v1/sites", timeout=60))
-    return [s.get("last_tick") for s in body["sites"]]
+    return [(s["site"], s.get("last_tick")) for s in body["sites"]]
 
 
 @dataclass
@@ -173,20 +209,40 @@ class Lab:
     """The programs every run shares: stand-in pairs, one HAProxy with a backend per site,
     Prometheus scraping HAProxy's exporter."""
 
-    def __init__(self, workdir: Path, sites: int, standins: int) -> None:
+    def __init__(self, workdir: Path, standins: int, shared_store: bool = False) -> None:
         self.workdir = workdir
+        # --daemons N: one PostgreSQL 15 store that the daemons share (DESIGN.md §15)
+        self.postgres = PostgresLab(workdir / "postgres") if shared_store else None
+        self.databases = 0
         self.pairs = [(StandinProcess("blue", workdir / f"blue{k}", version="16.0"),
                        StandinProcess("green", workdir / f"green{k}", version="17.0"))
                       for k in range(standins)]
+        self.haproxy: MultiSiteHaproxy | None = None
+        self.prometheus = PrometheusLab(workdir / "prometheus", scrape_interval="5s")
+
+    def size(self, sites: int) -> MultiSiteHaproxy:
+        """HAProxy with a backend for each of `sites` (a new one for each size: a proxy of
+        500 backends would weigh on a run of 10 sites), Prometheus scraping its exporter."""
+        if self.haproxy is not None and len(self.haproxy.routed) == sites:
+            return self.haproxy
+        if self.haproxy is not None:
+            self.haproxy.stop()
         names = [site_name(i) for i in range(sites)]
         first = self.pairs[0]
         self.haproxy = MultiSiteHaproxy(
-            workdir / "haproxy", first[0].port, first[1].port, routed=names,
+            self.workdir / f"haproxy-{sites}", first[0].port, first[1].port, routed=names,
             ports={n: (self.pair(i)[0].port, self.pair(i)[1].port) for i, n in enumerate(names)},
             check_inter=None, exporter=True, stats_maxconn=2000)
-        self.prometheus = PrometheusLab(
-            workdir / "prometheus", scrape_interval="5s",
-            jobs=[ScrapeJob("haproxy", [f"127.0.0.1:{self.haproxy.port}"])])
+        self.haproxy.start()
+        self.prometheus.jobs = [ScrapeJob("haproxy", [f"127.0.0.1:{self.haproxy.port}"])]
+        if self.prometheus.running():
+            self.prometheus.reload()
+        else:
+            self.prometheus.start()
+        self.prometheus.wait_for(
+            f'count(haproxy_server_weight{{instance="127.0.0.1:{self.haproxy.port}"}})',
+            lambda r: bool(r) and int(float(r[0]["value"][1])) == 2 * sites, timeout=60)
+        return self.haproxy
 
     def pair(self, i: int) -> tuple[StandinProcess, StandinProcess]:
         return self.pairs[i % len(self.pairs)]
@@ -195,19 +251,34 @@ class Lab:
         for blue, green in self.pairs:
             blue.start()
             green.start()
-        self.haproxy.start()
-        self.prometheus.start()
-        self.prometheus.wait_scraped("haproxy", timeout=60)
+        if self.postgres is not None:
+            self.postgres.start()
 
     def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
         self.prometheus.stop()
-        self.haproxy.stop()
+        if self.haproxy is not None:
+            self.haproxy.stop()
         for blue, green in self.pairs:
             blue.stop()
             green.stop()
 
-    def write_config(self, rundir: Path, sites: int, api_port: int) -> Path:
-        rundir.mkdir(parents=True)
+    def store_dsn_file(self, rundir: Path) -> Path:
+        """A fresh database of the shared store for one run, its DSN in a file."""
+        assert self.postgres is not None
+        self.databases += 1
+        name = f"bench_scale_{self.databases}"
+        self.postgres.psql(f'CREATE DATABASE "{name}"')
+        path = rundir / "store-dsn"
+        path.write_text(self.postgres.dsn(name) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def write_config(self, rundir: Path, sites: int, api_port: int, *,
+                     store: Path | None = None, instance: str = "d0") -> Path:
+        """One daemon's config; `store`: the shared PostgreSQL store's DSN file."""
+        rundir.mkdir(parents=True, exist_ok=True)
         token = rundir / "api-token"
         token.write_text("bench-scale-token\n")
         token.chmod(0o600)
@@ -215,17 +286,22 @@ class Lab:
         rules.write_text(RULES)
         config = {
             "api": {"listen": f"127.0.0.1:{api_port}", "token_file": str(token)},
-            "state_dir": str(rundir / "state"),
+            "state_dir": str(rundir / f"state-{instance}"),
             "prometheus": {"url": self.prometheus.url, "timeout": "2s"},
             "rule_files": [str(rules)],
             "sites": {site_name(i): self._site(i) for i in range(sites)},
         }
-        path = rundir / "watchdog.yml"
+        if store is not None:
+            config["api"]["advertise"] = f"http://127.0.0.1:{api_port}"
+            config["store"] = {"kind": "postgresql", "dsn_file": str(store), "lease": "10s",
+                               "instance": instance}
+        path = rundir / f"watchdog-{instance}.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
     def _site(self, i: int) -> dict[str, Any]:
         blue, green = self.pair(i)
+        assert self.haproxy is not None
         return {
             "router": {"kind": "haproxy", "socket": str(self.haproxy.admin_socket),
                        "backend": site_name(i), "drain_timeout": "2s"},
@@ -246,7 +322,7 @@ def daemon(config: Path, code: Path, sites: int,
         argv[1:3] = ["-c", PROFILED, str(profile)]
     proc = ManagedProcess(
         "odoo-watchdog", argv,
-        log_path=config.parent / "daemon.log", cwd=code,
+        log_path=config.with_suffix(".log"), cwd=code,
         env={"PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"},
         ready=lambda: http_ok(f"http://{api}/healthz", timeout=2.0),
         ready_timeout=60 + sites * 0.5)
@@ -258,43 +334,51 @@ def daemon(config: Path, code: Path, sites: int,
 
 
 def measure(lab: Lab, root: Path, code: Path, label: str, sites: int, seconds: float,
-            warmup: float, profile: Path | None = None) -> Row:
-    api_port = free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    config = lab.write_config(root / f"{label}-{sites}", sites, api_port)
+            warmup: float, profile: Path | None = None, daemons: int = 1) -> Row:
+    """One run: `daemons` daemon processes for the same `sites` (more than one share a
+    PostgreSQL store and spread the sites by their leases); CPU and ticks are their sums,
+    RSS the largest one's."""
+    rundir = root / f"{label}-{sites}"
+    rundir.mkdir(parents=True)
+    store = lab.store_dsn_file(rundir) if daemons > 1 else None
+    ports = [free_port() for _ in range(daemons)]
+    apis = [f"http://127.0.0.1:{port}" for port in ports]
+    configs = [lab.write_config(rundir, sites, port, store=store, instance=f"d{i}")
+               for i, port in enumerate(ports)]
     out = None if profile is None else profile.with_name(
         f"{profile.stem}-{label}-{sites}{profile.suffix}")
-    with daemon(config, code, sites, out) as proc:
-        assert proc.pid is not None
-        pid = proc.pid
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(daemon(c, code, sites, out if i == 0 else None))
+                 for i, c in enumerate(configs)]
+        pids = [p.pid for p in procs if p.pid is not None]
         deadline = time.monotonic() + 60 + sites * 0.2
-        while not all(t is not None for t in last_ticks(api)):
-            if time.monotonic() > deadline or not proc.running():
-                print(proc.tail(), file=sys.stderr)
+        while not all_ticked(apis, sites):
+            if time.monotonic() > deadline or not all(p.running() for p in procs):
+                for p in procs:
+                    print(p.tail(), file=sys.stderr)
                 raise SystemExit(f"{label}: not every one of {sites} sites ticked in time")
             time.sleep(1.0)
         time.sleep(warmup)
         read0 = time.monotonic()
-        before = counters(api)
+        before = summed(counters(api) for api in apis)
         read0 = (read0 + time.monotonic()) / 2  # the counters' moment, near enough
-        wall0, cpu0 = time.monotonic(), cpu_seconds(pid)
-        if profile is not None:
-            proc.signal(signal.SIGUSR1)  # the harness's cProfile starts
-        time.sleep(seconds)
-        wall1, cpu1 = time.monotonic(), cpu_seconds(pid)
-        rss = status_mb(pid, "VmRSS")
+        wall0, cpu0 = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
         if out is not None:
-            proc.signal(signal.SIGUSR2)
+            procs[0].signal(signal.SIGUSR1)  # the harness's cProfile starts
+        time.sleep(seconds)
+        wall1, cpu1 = time.monotonic(), sum(cpu_seconds(pid) for pid in pids)
+        rss = max(status_mb(pid, "VmRSS") for pid in pids)
+        if out is not None:
+            procs[0].signal(signal.SIGUSR2)
             while not out.exists():
                 time.sleep(0.2)
             print(f"  profile of the event loop's thread (CPU time): {out}", flush=True)
         read1 = time.monotonic()
-        after = counters(api)
+        after = summed(counters(api) for api in apis)
         read1 = (read1 + time.monotonic()) / 2
-        ages = [time.time() - t for t in last_ticks(api) if t is not None]
-        if not proc.running():
-            print(proc.tail(), file=sys.stderr)
-            raise SystemExit(f"{label}: the daemon stopped")
+        ages = [time.time() - t for t in newest_ticks(apis).values()]
+        if not all(p.running() for p in procs):
+            raise SystemExit(f"{label}: a daemon stopped")
     wall, cpu = wall1 - wall0, cpu1 - cpu0
     rate = (after["evaluations"] - before["evaluations"]) / RULES_PER_SITE / (read1 - read0)
     return Row(label, sites, cpu / wall * 100, rss, sites / 1.0, rate,
@@ -302,6 +386,28 @@ def measure(lab: Lab, root: Path, code: Path, label: str, sites: int, seconds: f
                max(ages, default=float("nan")),
                after["eval_errors"] - before["eval_errors"],
                after["router_errors"] - before["router_errors"])
+
+
+def summed(parts: Iterator[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def newest_ticks(apis: list[str]) -> dict[str, float]:
+    """Each site's newest `last_tick` in any daemon's view (a site ticks on its owner)."""
+    newest: dict[str, float] = {}
+    for api in apis:
+        for name, at in last_ticks(api):
+            if at is not None:
+                newest[name] = max(at, newest.get(name, at))
+    return newest
+
+
+def all_ticked(apis: list[str], sites: int) -> bool:
+    return len(newest_ticks(apis)) == sites
 
 
 def verdict(rows: list[Row], code: str) -> str:
@@ -329,6 +435,9 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="also run the daemon from this checkout (a git worktree)")
     parser.add_argument("--quick", action="store_true", help="10 and 50 sites, 5 s each")
+    parser.add_argument("--daemons", type=int, default=1,
+                        help="the same sites on this many daemons sharing a PostgreSQL 15 "
+                             "store (leases of 10 s); needs a daemon with leases (§15)")
     parser.add_argument("--keep", action="store_true", help="keep the lab's folder")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE.prof",
                         help="cProfile the event loop's thread (its CPU time) over the window, "
@@ -343,18 +452,21 @@ def main() -> int:
         codes.insert(0, ("before", args.baseline.resolve()))
 
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    lab = Lab(root / "lab", max(counts), args.standins)
+    lab = Lab(root / "lab", args.standins, shared_store=args.daemons > 1)
+    if args.daemons > 1:
+        codes = [(f"{label}x{args.daemons}", code) for label, code in codes]
     rows: list[Row] = []
     try:
-        print(f"starting the lab: {args.standins} stand-in pairs, HAProxy with {max(counts)} "
-              f"backends, Prometheus ...", flush=True)
+        print(f"starting the lab: {args.standins} stand-in pairs, Prometheus; HAProxy with "
+              "a backend per site for each size ...", flush=True)
         lab.start()
         for sites in counts:
+            lab.size(sites)
             for label, code in codes:
                 print(f"{label} ({code}): {sites} sites, {args.warmup:g} s warm-up, "
                       f"{args.seconds:g} s measured ...", flush=True)
-                rows.append(measure(lab, root, code, label, sites, args.seconds, args.warmup,
-                                    args.profile))
+                rows.append(measure(lab, root, code, label, sites, args.seconds,
+                                    args.warmup, args.profile, args.daemons))
                 print("  " + rows[-1].line(), flush=True)
     finally:
         lab.stop()
