@@ -476,7 +476,8 @@ class Daemon:
                      phase=event.phase_to, weights=event.weights, rule=event.rule,
                      value=event.value, threshold=event.threshold, actor=event.actor)
             site.count(self.metrics, runtime.name, event)
-        site.export(self.metrics, runtime.name, runtime.state)
+        if decision.changed:  # the same state: its gauges already say it
+            site.export(self.metrics, runtime.name, runtime.state)
         for action in decision.actions:
             if isinstance(action, ApplyWeights):
                 crashpoints.hit("after_commit")

@@ -217,6 +217,8 @@ class HaproxyRouter:
         self.api = RuntimeApi(socket, config.timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._verified = False
+        self._read: tuple[dict[str, ServerState], dict[str, ServerHealth]] | None = None
+        self._be_id: int | None = None
 
     # ---------------------------------------------------------------- reading
 
@@ -237,13 +239,34 @@ class HaproxyRouter:
         return out
 
     async def get_weights(self) -> Weights:
-        states = await self.server_states()
+        """One round trip: the servers' state and their check (kept for `health` and
+        `settle`, which the daemon calls next in the same tick). The check is asked of the
+        backend by its id (`show stat <name>` may find a frontend of the same name), learnt
+        from the first answer; a reload that renumbered it is seen by the name in the rows."""
+        command = f"show servers state {self.backend}"
+        if self._be_id is not None:
+            command += f"; show stat {self._be_id} 4 -1 typed"
+        answer = await self.api.send(command)
+        lines = answer.splitlines(keepends=True)
+        state_part = "".join(ln for ln in lines if not ln.startswith("S."))
+        states = self._ours(state_part)
+        health = self._health_of(parse_stat_typed(answer))
+        be_id = _backend_id(state_part)
+        if be_id is not None and (len(health) < len(states) or be_id != self._be_id):
+            self._be_id = be_id
+            health = self._health_of(parse_stat_typed(
+                await self.api.send(f"show stat {be_id} 4 -1 typed")))
+        self._read = (states, health)
         return percentages({color: float(s.effective) for color, s in states.items()})
 
     async def health(self) -> dict[str, ServerHealth]:
         """Each colour's server as HAProxy's own check sees it, from `show stat typed` (one
         field per line, so a check message with a comma cannot shift a CSV column)."""
-        rows = parse_stat_typed(await self.api.send("show stat typed"))
+        if self._read is not None:
+            return self._read[1]
+        return self._health_of(parse_stat_typed(await self.api.send("show stat typed")))
+
+    def _health_of(self, rows: list[dict[str, str]]) -> dict[str, ServerHealth]:
         by_name = {row.get("svname"): row for row in rows if row.get("pxname") == self.backend}
         out = {}
         for color, server in self.servers.items():
@@ -262,6 +285,7 @@ class HaproxyRouter:
 
     async def set_weights(self, weights: Mapping[str, int], *, drain: bool = False) -> Weights:
         wanted = validate_weights(weights)
+        self._read = None
         for task in self._drains.values():
             task.cancel()
         self._drains.clear()
@@ -316,7 +340,8 @@ class HaproxyRouter:
         """A colour left draining at weight 0 with no timer (the daemon restarted, or was
         killed, during a drain) gets a new drain timer, then `maint`: sticky users never stay
         on a colour that was given up."""
-        states = await self.server_states()
+        read, self._read = self._read, None
+        states = read[0] if read is not None else await self.server_states()
         for color, state in states.items():
             if state.draining and state.weight == 0 and color not in self._drains:
                 self._drains[color] = asyncio.create_task(self._maint_after_drain(color))
@@ -384,6 +409,10 @@ class HaproxyRouter:
         raise RouterError(f"HAProxy backend {self.backend}, server {server}: {first}")
 
 
+_HEALTH_FIELDS = frozenset({"pxname", "svname", "status", "check_status", "check_code",
+                            "last_chk"})
+
+
 def parse_stat_typed(answer: str) -> list[dict[str, str]]:
     """The server rows of `show stat typed`: `S.<px>.<sv>.<pos>.<name>.<proc>:<tags>:<type>:<value>`
     lines, gathered into one {field name: value} per server."""
@@ -393,10 +422,19 @@ def parse_stat_typed(answer: str) -> list[dict[str, str]]:
             continue
         head, _, rest = line.partition(":")
         parts = head.split(".")
-        value = rest.split(":", 2)[-1] if rest.count(":") >= 2 else ""
-        if len(parts) >= 5:
+        if len(parts) >= 5 and parts[4] in _HEALTH_FIELDS:
+            value = rest.split(":", 2)[-1] if rest.count(":") >= 2 else ""
             rows.setdefault((parts[1], parts[2]), {})[parts[4]] = value
     return list(rows.values())
+
+
+def _backend_id(answer: str) -> int | None:
+    """be_id, the first column of the server rows of `show servers state <backend>`."""
+    for line in answer.splitlines():
+        head = line.split(" ", 1)[0]
+        if line[:1].isdigit() and head.isdigit() and line.strip() != "1":
+            return int(head)
+    return None
 
 
 def _is_state_line(line: str) -> bool:
