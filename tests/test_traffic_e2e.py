@@ -346,9 +346,12 @@ async def test_relative_to_live_does_not_roll_back_when_both_colours_are_equally
         absolute = rows(view)[("absolute_5xx", "green")]
         assert absolute["state"] == "firing", absolute  # and it holds the rollout at step 1
         failed = sum(s.failed for s in load.samples)
-        # Both colours fixed: the notify rule clears and the rollout goes on to promotion.
-        for color in ("blue", "green"):
-            await faults(lab.standin(color).url, error_rate=0.0)
+        # Both colours fixed, the candidate first (the mirror of the above: its bad requests
+        # leave the window before live's do, so the ratio only falls): the notify rule clears
+        # and the rollout goes on to promotion.
+        await faults(lab.green.url, error_rate=0.0)
+        await asyncio.sleep(1.0)
+        await faults(lab.blue.url, error_rate=0.0)
         view = await wait_phase(api, "promoted", timeout=40)
     kinds = [e["kind"] for e in view["events"]]
     assert "rolling_back" not in kinds, describe(view)
