@@ -423,6 +423,104 @@ def verdict(rows: list[Row], code: str) -> str:
             f"{'PASS' if ok else 'FAIL'}")
 
 
+# ------------------------------------------------------------------ --parts
+
+PARTS_CONCURRENCY = int(os.environ.get("PARTS_CONCURRENCY", "50"))  # calls in flight at once
+
+
+async def _cpu_per_call(call: Any, calls: int) -> float:
+    """CPU ms (the whole process: the event loop and every thread) per call of `call()`,
+    `PARTS_CONCURRENCY` at a time, after a warm-up round."""
+    import asyncio
+
+    await asyncio.gather(*[call() for _ in range(PARTS_CONCURRENCY)])
+    started = time.process_time()
+    for _ in range(calls // PARTS_CONCURRENCY):
+        await asyncio.gather(*[call() for _ in range(PARTS_CONCURRENCY)])
+    return (time.process_time() - started) / calls * 1000
+
+
+async def _parts(lab: Lab, calls: int) -> list[tuple[str, float]]:
+    """What one site-tick's calls cost, each alone in this process: the daemon's own
+    clients, and for the Prometheus query an asynchronous client on a kept connection."""
+    import aiohttp
+
+    from watchdog.config import SiteConfig
+    from watchdog.routers.haproxy import HaproxyRouter
+    from watchdog.sources.http import probe
+    from watchdog.sources.prometheus import PrometheusSource, interpret
+
+    query = RULES.split("query: >-", 1)[1].split("max:", 1)[0]
+    query = " ".join(query.split()).replace("{{ backend }}", site_name(0)) \
+        .replace("{{ server }}", "odoo-green")
+    out: list[tuple[str, float]] = []
+    source = PrometheusSource(lab.prometheus.url, 2.0)
+    try:
+        async def prom() -> None:
+            assert (await source.query(query)).error is None
+        out.append(("prometheus rule: aiohttp, kept connections (the daemon's source)",
+                    await _cpu_per_call(prom, calls)))
+    finally:
+        await source.close()
+    try:  # the source until now; no longer a dependency, measured where it is installed
+        from prometheus_api_client import PrometheusConnect
+    except ImportError:
+        print("(prometheus-api-client is not installed: its row is left out)")
+    else:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        import requests
+        from urllib3.util.retry import Retry
+
+        session = requests.Session()
+        session.trust_env = False
+        session.headers["Accept-Encoding"] = "identity"
+        client = PrometheusConnect(url=lab.prometheus.url, retry=Retry(total=0), timeout=2.0,
+                                   session=session)
+        pool = ThreadPoolExecutor(max_workers=8)
+        loop = asyncio.get_running_loop()
+
+        async def prom_threads() -> None:
+            data = await loop.run_in_executor(pool, client.custom_query, query)
+            assert interpret(data).error is None
+        out.append(("  before: prometheus-api-client in a pool of 8 threads (not used)",
+                    await _cpu_per_call(prom_threads, calls)))
+        pool.shutdown()
+    health = f"{lab.pair(0)[1].url}/web/health"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            limit=64, force_close=True)) as session:
+        async def http() -> None:
+            assert (await probe(session, health, 1.0)).value == 1.0
+        out.append(("http rule: aiohttp GET, a new connection each (the daemon's)",
+                    await _cpu_per_call(http, calls)))
+    router = HaproxyRouter(site_name(0), SiteConfig.model_validate(lab._site(0)))
+    try:
+        async def read() -> None:
+            await router.get_weights()
+        out.append(("router read: HAProxy state + the backend's stats, one round trip",
+                    await _cpu_per_call(read, calls)))
+    finally:
+        await router.close()
+    return out
+
+
+def parts(lab: Lab, calls: int, rows: list[Row]) -> None:
+    import asyncio
+
+    measured = asyncio.run(_parts(lab, calls))
+    print(f"\nwhat a site-tick calls, each alone ({calls} calls, {PARTS_CONCURRENCY} at a "
+          "time, CPU of the whole process):")
+    print(f"{'part':<72}{'cpu ms/call':>12}")
+    for name, ms in measured:
+        print(f"{name:<72}{ms:>12.3f}")
+    own = sum(ms for name, ms in measured if not name.startswith(" "))
+    print(f"{'sum of the three parts the daemon uses':<72}{own:>12.3f}")
+    for row in rows:
+        label = f"{row.code} {row.sites} sites: the whole site-tick (the rest)"
+        print(f"{label:<72}{row.ms_per_site_tick:>12.3f}  ({row.ms_per_site_tick - own:.3f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", default="10,100,500", help="comma-separated site counts")
@@ -439,6 +537,10 @@ def main() -> int:
                         help="the same sites on this many daemons sharing a PostgreSQL 15 "
                              "store (leases of 10 s); needs a daemon with leases (§15)")
     parser.add_argument("--keep", action="store_true", help="keep the lab's folder")
+    parser.add_argument("--parts", type=int, default=0, metavar="CALLS",
+                        help="after the runs, the CPU per call of each part of a site-tick "
+                             "(the Prometheus query, the http probe, the router read), "
+                             "CALLS of each, in this process")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE.prof",
                         help="cProfile the event loop's thread (its CPU time) over the window, "
                              "to FILE-LABEL-SITES.prof (pstats)")
@@ -468,6 +570,8 @@ def main() -> int:
                 rows.append(measure(lab, root, code, label, sites, args.seconds,
                                     args.warmup, args.profile, args.daemons))
                 print("  " + rows[-1].line(), flush=True)
+        if args.parts:
+            parts(lab, args.parts, rows)
     finally:
         lab.stop()
         if not args.keep:

@@ -21,12 +21,14 @@ from watchdog.lab.haproxy import runtime_api
 from watchdog.lab.load import LoadClient
 from watchdog.lab.procs import free_port
 from watchdog.lab.stack import LabStack
+from watchdog.metrics import Metrics
 from watchdog.preflight import run as run_preflight
 from watchdog.rollout import Phase, Rollout, Step
 from watchdog.routers import ServerHealth
 from watchdog.routers.haproxy import parse_stat_typed
 from watchdog.rules import State
 from watchdog.siterouter import PROXY_RULE, SiteRouter
+from watchdog.store import Store
 
 SITE = "/api/v1/sites/odoo"
 HOLD = 6.0  # the first step's: longer than HAProxy takes to call a server DOWN (3 checks, 1 s)
@@ -83,12 +85,11 @@ async def test_preflight_fails_on_a_candidate_the_proxy_marks_down() -> None:
     assert result.detail == "the proxy marks green DOWN (L4CON: Connection refused)"
 
 
-def test_the_proxys_check_becomes_a_holding_rule_of_that_colour_only() -> None:
+def test_the_proxys_check_becomes_a_holding_rule_of_that_colour_only(tmp_path: Path) -> None:
     class Fake:
         kind = "haproxy"
 
-    router = SiteRouter.__new__(SiteRouter)
-    router.router = Fake()  # type: ignore[assignment]
+    router = SiteRouter("odoo", Fake(), Metrics(), Store(tmp_path / "state"))  # type: ignore[arg-type]
     router.health = {"green": ServerHealth("DOWN", "L7STS 500: Internal Server Error"),
                      "blue": ServerHealth("UP", "L7OK 200")}
     views = router.views("green")

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import Exporter
 from watchdog.config import PrometheusRule
 from watchdog.lab.prometheus import PrometheusLab
+from watchdog.measurement import Measurement
 from watchdog.rules import Outcome, RuleStatus, State, evaluate, judge
 from watchdog.sources.base import Target
 from watchdog.sources.prometheus import PrometheusSource
@@ -154,6 +155,25 @@ async def test_stopped_prometheus_is_an_error_not_a_crash(tmp_path: Path) -> Non
     assert judge(ERROR_RATIO, m) is Outcome.ERROR
 
 
+async def test_a_restarted_prometheus_answers_on_a_new_connection(tmp_path: Path) -> None:
+    """The kept-alive connections die with Prometheus; the first query after its restart
+    gets an answer, not an error about the old connection."""
+    lab = PrometheusLab(tmp_path, jobs=[])
+    lab.start()
+    source = PrometheusSource(lab.url, timeout=2)
+    try:
+        assert (await asyncio.gather(*(source.measure(rule(f"vector({i})"), GREEN)
+                                       for i in range(8))))[7].value == 7.0
+        lab.stop()
+        lab.start()
+        after = await asyncio.gather(*(source.measure(rule(f"vector({i})"), GREEN)
+                                       for i in range(8)))
+    finally:
+        lab.stop()
+        await source.close()
+    assert [(m.value, m.error) for m in after] == [(float(i), None) for i in range(8)]
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A TCP server that accepts connections and never answers: a hung Prometheus."""
@@ -179,15 +199,15 @@ async def test_hung_prometheus_times_out_with_the_configured_timeout(silent_serv
 async def test_same_query_in_one_tick_is_sent_once(prometheus: PrometheusLab) -> None:
     source = PrometheusSource(prometheus.url, timeout=5)
     calls = 0
-    real = source._client.custom_query
+    real = source.query
 
-    def counting(query: str) -> object:
+    async def counting(query: str) -> Measurement:
         nonlocal calls
         calls += 1
-        time.sleep(0.1)
-        return real(query)
+        await asyncio.sleep(0.1)
+        return await real(query)
 
-    source._client.custom_query = counting  # type: ignore[method-assign]
+    source.query = counting  # type: ignore[method-assign]
     try:
         results = await asyncio.gather(*(source.measure(rule("vector(2)"), GREEN)
                                          for _ in range(5)))
@@ -200,8 +220,8 @@ async def test_same_query_in_one_tick_is_sent_once(prometheus: PrometheusLab) ->
 async def test_a_hung_prometheus_fails_a_whole_tick_in_about_one_timeout(
     silent_server: str,
 ) -> None:
-    """Queries are sent in chunks, one chunk per thread; once Prometheus stays silent, the rest
-    of a chunk fails at once instead of each query waiting its own timeout."""
+    """40 queries on 8 connections: those waiting for a connection count that wait in their
+    timeout, so a silent Prometheus fails the whole tick in one timeout, not five."""
     source = PrometheusSource(silent_server, timeout=1.0)
     try:
         start = time.monotonic()

@@ -1,24 +1,28 @@
-"""`source: prometheus`: an instant query through prometheus-api-client.
+"""`source: prometheus`: an instant query on Prometheus' HTTP API (`GET /api/v1/query`).
 
-The client is synchronous, so queries run in a small thread pool of its own (a slow
-Prometheus must not starve other sources of threads), the queries of one tick split into one
-chunk per thread, with the configured timeout on each request and on each chunk. Rules with
-the same rendered query in one tick share one request.
+Asked with aiohttp on the event loop, over at most `CONNECTIONS` kept-alive connections, each
+request within the configured timeout (waiting for a free connection included). Rules with the
+same rendered query in one tick share one request.
+
+DESIGN.md §8 names prometheus-api-client, run in a thread; it was, until `bench_scale.py
+--parts` measured it at 0.82-0.86 ms of CPU a query (requests, urllib3, a thread hop and the
+GIL), against 0.10-0.22 ms for the same query here: at 500 sites ticking every second that is
+the difference between 43% and under 10% of a core for the queries alone. The answer is read
+the way the API documents it (`status`, `data.resultType`, `data.result`; `errorType` and
+`error` on a failure); the rest is the same as before: empty vector or NaN is `no_data`,
+more than one series an error naming their labels.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import math
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util.retry import Retry
+import aiohttp
 
 from watchdog.config import DaemonConfig
 from watchdog.measurement import Measurement
@@ -26,32 +30,32 @@ from watchdog.rulefiles import PrometheusRule
 from watchdog.schema import render
 from watchdog.sources.base import Target, register
 
-# requests' default connection pool keeps 10 connections per host; stay within it.
-WORKERS = 8
+# Prometheus runs 20 queries at once by default (--query.max-concurrency); a daemon keeps
+# well within that.
+CONNECTIONS = 8
 
 
 class PrometheusSource:
     kind = "prometheus"
 
-    def __init__(self, url: str, timeout: float, workers: int = WORKERS) -> None:
+    def __init__(self, url: str, timeout: float, connections: int = CONNECTIONS) -> None:
         self.url = url
         self.timeout = timeout
-        # No retries: a tick that cannot reach Prometheus reports `error` now, and the next
-        # tick asks again. Retrying inside a tick would only delay a rollback.
-        session = requests.Session()
-        # No proxy, netrc or CA-bundle lookups from the environment on every query: they cost
-        # more CPU than the query itself (and the daemon talks to a configured URL only).
-        session.trust_env = False
-        # Answers of a few hundred bytes from a Prometheus on the same host or network: gzip
-        # costs more to undo than it saves (0.59 -> 0.53 ms of CPU a query, bench_scale).
-        session.headers["Accept-Encoding"] = "identity"
-        self._client = PrometheusConnect(
-            url=url, retry=Retry(total=0), timeout=timeout, session=session
-        )
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
+        self._endpoint = url.rstrip("/") + "/api/v1/query"
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Future[Measurement]] = {}
-        self._queue: list[tuple[str, asyncio.Future[Measurement]]] = []
-        self._workers = workers
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # Answers of a few hundred bytes from a Prometheus on the same host or network:
+                # gzip costs more to undo than it saves.
+                headers={"User-Agent": "odoo-watchdog", "Accept-Encoding": "identity"},
+            )
+        return self._session
 
     async def measure(self, rule: PrometheusRule, target: Target) -> Measurement:
         query = render(rule.query, target.variables())
@@ -70,93 +74,57 @@ class PrometheusSource:
                 future.cancel()
 
     async def query(self, query: str) -> Measurement:
-        """One instant query, sent with the others asked in the same turn of the loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Measurement] = loop.create_future()
-        self._queue.append((query, future))
-        if len(self._queue) == 1:
-            loop.call_soon(self._dispatch)
-        return await future
-
-    def _dispatch(self) -> None:
-        """Split the queries of this turn into one chunk per worker thread. A thread runs its
-        chunk one query after another: a tick of many rules then costs about what the same
-        queries cost sent in a row, instead of a thread hop and a GIL hand-off each (1,000
-        rules: 0.92 -> 0.7 CPU s)."""
-        batch, self._queue = self._queue, []
-        loop = asyncio.get_running_loop()
-        size = max(1, math.ceil(len(batch) / self._workers))
-        for start in range(0, len(batch), size):
-            chunk = batch[start:start + size]
-            done = loop.run_in_executor(self._pool, self._run_chunk, [q for q, _ in chunk])
-            # Backstop only: a chunk stops sending after `timeout`, and each request has it too.
-            backstop = loop.call_later(2 * self.timeout + 1.0, self._expire, chunk, time.time())
-            done.add_done_callback(functools.partial(self._deliver, chunk, backstop))
-
-    def _expire(self, chunk: list[tuple[str, asyncio.Future[Measurement]]],
-                started: float) -> None:
-        failed = Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
-                                    started, time.time())
-        for _, future in chunk:
-            if not future.done():
-                future.set_result(failed)
-
-    @staticmethod
-    def _deliver(chunk: list[tuple[str, asyncio.Future[Measurement]]],
-                 backstop: asyncio.TimerHandle, done: asyncio.Future[list[Measurement]]) -> None:
-        backstop.cancel()
-        if done.cancelled():
-            results = [Measurement.failed("prometheus query cancelled")] * len(chunk)
-        elif done.exception() is not None:
-            results = [Measurement.failed(f"prometheus: {done.exception()}")] * len(chunk)
-        else:
-            results = done.result()
-        for (_, future), result in zip(chunk, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    def _run_chunk(self, queries: list[str]) -> list[Measurement]:
-        """In a worker thread: each query in turn, within one `timeout` for the chunk. Once
-        Prometheus is unreachable or silent, the rest of the chunk fails at once."""
-        deadline = time.monotonic() + self.timeout
-        out: list[Measurement] = []
-        give_up: Measurement | None = None
-        for query in queries:
-            if give_up is None and time.monotonic() > deadline:
-                give_up = Measurement.failed(
-                    f"prometheus {self.url}: no answer in {self.timeout:g}s "
-                    f"({len(queries)} queries in this batch)", time.time(), time.time())
-            if give_up is not None:
-                out.append(give_up)
-                continue
-            result = self._one(query)
-            out.append(result)
-            if result.error and ("no answer" in result.error or "unreachable" in result.error):
-                give_up = result
-        return out
-
-    def _one(self, query: str) -> Measurement:
+        """One instant query. A kept connection that Prometheus closed in the meantime (a
+        restart) is tried once more on a new one; anything else is this tick's `error`."""
         started = time.time()
         try:
-            data = self._client.custom_query(query)
-        except requests.Timeout:
-            return Measurement.failed(f"prometheus {self.url}: no answer in {self.timeout:g}s",
-                                      started, time.time())
-        except requests.ConnectionError as exc:
-            reason = _reason(exc)
-            if reason == "timed out":  # urllib3 reports a read timeout after 0 retries so
-                return Measurement.failed(
-                    f"prometheus {self.url}: no answer in {self.timeout:g}s", started, time.time())
-            return Measurement.failed(f"prometheus {self.url}: unreachable ({reason})",
-                                      started, time.time())
-        except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
-            return Measurement.failed(f"prometheus {self.url}: {_reason(exc)}",
-                                      started, time.time())
-        return interpret(data, started, time.time())
+            try:
+                status, body = await self._get(query)
+            except aiohttp.ServerDisconnectedError:
+                status, body = await self._get(query)
+        except TimeoutError:
+            return self._failed(f"no answer in {self.timeout:g}s", started)
+        except aiohttp.ClientConnectorError as exc:
+            return self._failed(f"unreachable ({_os_reason(exc.os_error)})", started)
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._failed(f"unreachable ({type(exc).__name__}: {_short(str(exc))})",
+                                started)
+        return answer(self.url, status, body, started, time.time())
+
+    async def _get(self, query: str) -> tuple[int, bytes]:
+        async with self._client().get(self._endpoint, params={"query": query},
+                                      allow_redirects=False) as resp:
+            return resp.status, await resp.read()
+
+    def _failed(self, why: str, started: float) -> Measurement:
+        return Measurement.failed(f"prometheus {self.url}: {why}", started, time.time())
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+def answer(url: str, status: int, body: bytes, started: float = 0.0,
+           finished: float = 0.0) -> Measurement:
+    """A measurement from the query API's answer: `{"status": "success", "data": {...}}`, or
+    on a failure (HTTP 400, 422, 503) `{"status": "error", "errorType", "error"}`."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return Measurement.failed(
+            f"prometheus {url}: HTTP Status Code {status}, not a query answer: "
+            f"{_short(body.decode('utf-8', 'replace'))}", started, finished)
+    if status != 200 or payload.get("status") != "success":
+        why = f"{payload.get('errorType', 'error')}: {payload.get('error', '')}".rstrip(": ")
+        return Measurement.failed(f"prometheus {url}: HTTP Status Code {status}: {why}",
+                                  started, finished)
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        return Measurement.failed(f"prometheus {url}: an answer without data", started,
+                                  finished)
+    return interpret(data.get("result"), started, finished)
 
 
 def interpret(data: Any, started: float = 0.0, finished: float = 0.0) -> Measurement:
@@ -199,11 +167,17 @@ def _labels(metric: dict[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out"):
-        if marker in text:
-            return marker.lower()
+def _os_reason(error: OSError) -> str:
+    """`connection refused`, not asyncio's "Connect call failed ('127.0.0.1', 9090)"."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return _short(str(error))
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= 200 else text[:197] + "..."
 
 
