@@ -79,6 +79,46 @@ async def test_unreachable_colour_is_0_with_the_reason() -> None:
     assert m.detail.startswith("cannot connect")
 
 
+async def answering(reply: bytes, *, close: bool) -> tuple[asyncio.Server, str]:
+    """A server that reads a request and writes `reply`, then closes or keeps the
+    connection open (a server that ignores `Connection: close`)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        if close:
+            writer.close()
+        else:
+            await asyncio.sleep(30)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("reply", "close", "value", "detail"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False, 1.0, "HTTP 200 in "),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+     False, 1.0, "HTTP 200 in "),
+    (b"HTTP/1.0 500 Internal Server Error\r\n\r\nboom", True, 0.0, "HTTP 500 in "),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True, 0.0, "not an HTTP answer: 'SSH-2.0-OpenSSH_9.2'"),
+    (b"", True, 0.0, "closed before answering"),
+])
+async def test_an_answer_ends_at_its_length_and_a_wrong_one_says_what_it_was(
+    reply: bytes, close: bool, value: float, detail: str,
+) -> None:
+    """A kept-open connection still ends at the answer's length or last chunk: the probe
+    does not wait for its timeout (2 s) when a server ignores `Connection: close`."""
+    server, url = await answering(reply, close=close)
+    try:
+        start = time.monotonic()
+        m = await measure(url, rule())
+        took = time.monotonic() - start
+    finally:
+        server.close()
+    assert (m.value, m.detail[:len(detail)]) == (value, detail)
+    assert took < 1.0
+
+
 async def test_stopped_standin_turns_the_probe_from_1_to_0(tmp_path: Path) -> None:
     proc = StandinProcess("blue", tmp_path)
     proc.start()
