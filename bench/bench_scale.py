@@ -30,42 +30,50 @@ the cost per site-tick flat from 10 to 500 sites.
     .venv/bin/python bench/bench_scale.py --sites 500 --daemons 3   # one PostgreSQL store
     .venv/bin/python bench/bench_scale.py --sites 100 --profile /tmp/p.prof  # pstats of the loop
 
-Measured (2 cores, shared, quiet during the run; Python 3.11, HAProxy 2.6.12, Prometheus
-2.42; 30 s after a 10 s warm-up). `before`: 41719a5; `after`: it with this bench's fixes in
-sources/ (a timeout scope per rule instead of wait_for, no gzip from Prometheus); `rec`:
-`after` plus the changes recommended for routers/haproxy.py and daemon.py (one round trip to
-HAProxy a tick, `show stat <backend id> 4 -1 typed` instead of every proxy's stats, gauges
-exported only when the state changed):
+Measured (2 cores, quiet during the run; Python 3.11, HAProxy 2.6.12, Prometheus 2.42; 30 s
+after a 10 s warm-up; `--baseline` c03f071 with `--parts 2000`). `before`: c03f071, the
+daemon after the first round of fixes (below); `after`: the Prometheus query with aiohttp on
+kept connections instead of prometheus-api-client in threads, the http probe as one raw
+HTTP/1.1 exchange instead of aiohttp's client:
 
     code     sites  cpu % core   rss MB   ticks/s    seen/s ms/site-tk  oldest s eval err  rtr err
                                          expected                      last_tick (window)
-    before      10        3.4%    152.0        10      10.0      3.435       0.0        0        0
-    after       10        3.2%    151.8        10      10.0      3.234       0.0        0        0
-    rec         10        2.1%    151.2        10      10.0      2.134       0.0        0        0
-    before     100       76.2%    188.4       100      56.8     13.431       1.7        0        0
-    after      100       72.9%    204.0       100      54.1     13.478       0.3        0        0
-    rec        100       18.4%    156.3       100      99.7      1.841       0.2        0        0
-    before     500       64.4%    479.2       500     155.4      4.146       3.5        0        0
-    after      500       66.5%    497.7       500     166.2      3.998       3.3        0        0
-    rec        500       82.1%    177.7       500     458.2      1.792       1.6        0        0
+    before      10        3.3%    151.0        10      10.0      3.269       0.1        0        0
+    after       10        1.5%    150.4        10      10.0      1.468       0.1        0        0
+    before     100       24.2%    156.6       100      99.7      2.423       0.7        0        0
+    after      100       14.2%    155.5       100      99.7      1.427       0.6        0        0
+    before     500       90.8%    177.2       500     459.6      1.976       1.7        0        0
+    after      500       62.5%    178.7       500     501.9      1.246       1.0        0        0
 
-What grows: each site's tick asks HAProxy for `show stat typed`, the stats of *every*
-proxy (3.3 MB, 103,000 lines with 500 backends) and parses it, to find its own two servers:
-O(sites) per tick, O(sites^2) per second. At 100 sites that is 74% of the event loop's CPU
-(cProfile, --profile); at 500 HAProxy itself cannot produce 500 dumps a second, so the
-daemon only manages 155 of 500 ticks/s, while 500 answers in flight hold 480 MB. With the
-backend's servers asked for alone, the cost per site-tick is flat (2.1, 1.8, 1.8 ms) and RSS
-178 MB: growth is linear. The goal of 50% of a core at 500 sites is not met: the constant is
-too high. What is left per site-tick (rec, 100 sites, --profile): the http probe on a new
-connection each time (Odoo closes every connection, as the stand-in does: keeping them alive
-gains nothing), about a quarter of the loop; the Prometheus query through requests in a
-worker thread, 0.53 ms of CPU (aiohttp on a kept connection: 0.20-0.29 ms, measured against
-the same Prometheus); HAProxy's connection and the typed stats' parse; the rest (APScheduler
-with 500 jobs 3%, metric label lookups 2%, the rule manager) is small.
+    part (--parts: 2000 calls, 50 at a time, CPU of the whole process)        cpu ms/call
+    prometheus rule: aiohttp, kept connections (the daemon's source)               0.104
+      before: prometheus-api-client in a pool of 8 threads                         0.836
+    http rule: a raw GET, a new connection each (the daemon's source)              0.147
+      before: aiohttp's client, a new connection each                              0.256
+    router read: HAProxy state + the backend's stats, one round trip               0.140
 
-`--daemons 3` (c628875 with the `rec` changes, PostgreSQL 15 store, lease 10s), 500 sites
-spread by the leases: 126.4% of a core for the three together (about 42% each), the largest
-180 MB, 502 of 500 ticks/s, 2.5 ms per site-tick (the leases and the shared store add 0.7).
+Runs of the same code differ by up to 10% at 500 sites (58-72% of a core for `after` over
+five runs this session): compare rows of one run. Cost per site-tick is flat or falling from
+10 to 500 sites (the loop's fixed work spread over more ticks): growth is linear. The goal of
+50% of a core at 500 sites is not met: 62.5%. Where the rest goes (py-spy on the daemon at
+500 sites, 20 s, syscalls included): the event loop's epoll_wait 19%, socket writes 12.5%,
+connect() 10%: the kernel's side of two new loopback connections a site-tick (the probe, the
+HAProxy socket) and a query on a kept one; the daemon's own Python (rules, decisions,
+metrics, APScheduler) is a few percent each. Replacing the HAProxy streams with a bare
+Protocol measured no difference (reverted); uvloop took CPU to 48% but the daemon then saw
+only 249 of 500 ticks a second (not pursued).
+
+`--daemons 3` (`after`, PostgreSQL 15 store, lease 10s), 500 sites spread by the leases: 75.0%
+of a core for the three together (about 25% each; 126% before this round), the largest 178 MB,
+498 of 500 ticks/s, 1.5 ms per site-tick (the leases and the shared store add about 0.25).
+
+First round (41719a5 -> c03f071, the same bench): each site's tick asked HAProxy for `show
+stat typed`, the stats of *every* proxy (3.3 MB, 103,000 lines with 500 backends) and parsed
+it to find its own two servers: O(sites) a tick. At 500 sites HAProxy could not produce 500
+dumps a second (155 of 500 ticks/s, 479 MB in flight). Now one round trip a tick asks for
+`show servers state <backend>; show stat <backend id> 4 -1 typed`, and gauges are exported
+only when the state changed: 100 sites 13.4 -> 1.84 ms/site-tick, 500 sites 479 -> 178 MB.
+
 """
 
 from __future__ import annotations
