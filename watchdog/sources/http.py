@@ -11,6 +11,7 @@ import asyncio
 import base64
 import ssl
 import time
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from watchdog.config import DaemonConfig
@@ -59,9 +60,10 @@ class _Get(asyncio.Protocol):
         self.chunked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        # A cast, not an isinstance check: another event loop's transports (uvloop's) are
+        # not subclasses of asyncio.Transport, and the check would leave the probe hanging.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
