@@ -30,6 +30,10 @@ from watchdog.lab.standin import set_faults
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "rules" / "traffic.yml"
 FAULT = 0.3  # share of green's answers that become HTTP 500
+# Green's clean requests in the absolute net's window before the fault: with 100 of them the
+# net (5xx share > 20% over 1m) needs some 200 failed ones, about 20 s, while the judge fires
+# in about 7 s. With 50 the net could cross 20% first (a CI run: 20.18% after 5 s).
+CLEAN_BEFORE = 100
 POLL = 0.02  # seconds between runtime API reads
 # Both stand-ins answer this much later than bare, like a light Odoo page. Bare, they answer in
 # about 1 ms and HAProxy logs whole ms, so a candidate whose median is 2 ms against 1 ms is
@@ -63,9 +67,11 @@ def _ready(site: dict[str, Any]) -> bool:
     if site["phase"] in ("rolled_back", "aborted", "promoted"):
         raise RuntimeError(f"the canary ended {site['phase']} before the fault")
     rows = {r["name"]: r for r in site.get("rules", []) if r["color"] == "green"}
+    clean = (rows.get("error_rate", {}).get("samples") or {}).get("green", 0)
     return ((site.get("actual_weights") or {}).get("green") == 10
             and all(name in rows and rows[name]["state"] == "ok"
-                    and rows[name]["outcome"] == "ok" for name in TRAFFIC_RULES))
+                    and rows[name]["outcome"] == "ok" for name in TRAFFIC_RULES)
+            and clean >= CLEAN_BEFORE)
 
 
 def _decided_on_lines(log_path: Path) -> list[str]:
