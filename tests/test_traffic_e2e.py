@@ -350,7 +350,7 @@ async def test_relative_to_live_does_not_roll_back_when_both_colours_are_equally
         # leave the window before live's do, so the ratio only falls): the notify rule clears
         # and the rollout goes on to promotion.
         await faults(lab.green.url, error_rate=0.0)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)  # half the window: green's share stays well below live's
         await faults(lab.blue.url, error_rate=0.0)
         view = await wait_phase(api, "promoted", timeout=40)
     kinds = [e["kind"] for e in view["events"]]
