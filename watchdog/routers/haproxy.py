@@ -414,9 +414,9 @@ _HEALTH_FIELDS = frozenset({"pxname", "svname", "status", "check_status", "check
                             "last_chk"})
 
 
-# `S.<px>.<sv>.<pos>.<name>.<proc>:<tags>:<type>:<value>`, for the fields kept only: the scan
-# of the other hundred-odd lines a server stays in the regex engine (a Python loop over every
-# line was 13% of the event loop at 100 sites, bench_scale --profile).
+# `S.<px>.<sv>.<pos>.<name>.<proc>:<tags>:<type>:<value>`, for the fields kept only: the other
+# hundred-odd lines of a server are skipped inside the regex engine (simpler than the loop it
+# replaced; no difference measurable outside the profiler).
 _TYPED_FIELD = re.compile(
     r"^S\.(\d+)\.(\d+)\.\d+\.(" + "|".join(sorted(_HEALTH_FIELDS))
     + r")\.\d+:[^:\n]*:[^:\n]*:([^\n]*)$", re.MULTILINE)
